@@ -1,0 +1,625 @@
+//! One actor per conversation `(tenant, contact)`: it owns the conversation's state and its
+//! debounce buffer, decides each turn through `engine`, and commits every change to the store
+//! before anything is sent.
+//!
+//! Guarantees (each has a test in `actors/tests`):
+//! - Commands of one conversation are handled one at a time, in the order the tenant supervisor
+//!   routed them.
+//! - A turn is answered at most once: its inbox entries are marked done in the same transaction
+//!   that records the answer and queues it in the outbox.
+//! - Nothing is answered while a human is in charge or the tenant is suspended (`engine::turn`).
+//! - A failed commit puts the turn back in the buffer; nothing is lost, the flush is retried.
+//! - A message that arrives while a turn is being decided joins the next turn.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use engine::buffer::{BufferLimits, Fragment, MessageBuffer, turn_text};
+use engine::conversation::{Conversation, Outcome, Reason, Transition};
+use engine::events::EventBody;
+use engine::message::{
+    Author, DeliveryStatus, Direction, InboxEntry, InboxKind, MessageKind, StoredMessage,
+};
+use engine::ports::ConversationCommit;
+use engine::turn::{TurnDecision, decide};
+use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::Deps;
+use crate::outbox;
+use crate::tenant::TenantMsg;
+
+/// How many consumed inbox sequence numbers a conversation remembers to ignore replays.
+const REMEMBERED_SEQS: usize = 512;
+/// How long to wait before retrying a flush whose commit failed.
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+/// A command for one conversation, routed through the root and the tenant supervisor.
+#[derive(Debug)]
+pub enum Command {
+    /// An accepted inbound event from the durable inbox.
+    Inbox(InboxEntry),
+    /// A human operator's reply (tenant API or dashboard).
+    HumanReply {
+        text: String,
+        reply: RpcReplyPort<Result<StoredMessage, EngineError>>,
+    },
+    /// The operator takes the conversation over.
+    Takeover {
+        reply: RpcReplyPort<Result<Conversation, EngineError>>,
+    },
+    /// The operator gives the conversation back to the assistant.
+    Release {
+        reply: RpcReplyPort<Result<Conversation, EngineError>>,
+    },
+    /// A human-timeout deadline passed (from the deadline scanner).
+    HumanTimeout,
+    /// A serialisable view of the actor's state.
+    Snapshot(RpcReplyPort<ConversationSnapshot>),
+    /// Panics inside the handler: lets tests prove that supervision restarts the actor.
+    #[cfg(feature = "testsuite")]
+    Crash,
+}
+
+#[derive(Debug)]
+pub enum ConversationMsg {
+    /// A routed command; counted so the supervisor knows when the mailbox is empty.
+    Routed(Command),
+    /// The debounce timer of buffer generation `generation` fired.
+    FlushIfDue { generation: u64 },
+    /// The idle timer fired.
+    IdleTick,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationSnapshot {
+    pub conversation: Conversation,
+    pub buffered: usize,
+    pub commands_handled: u64,
+}
+
+#[derive(Debug)]
+pub struct ConversationArgs {
+    pub tenant: TenantId,
+    pub contact: ContactId,
+    /// Shared with the supervisor: routed commands handled so far.
+    pub handled: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+pub struct ConversationState {
+    tenant: TenantId,
+    contact: ContactId,
+    conv: Conversation,
+    buffer: MessageBuffer<u64>,
+    /// Inbox entries in the buffer or consumed recently: a replayed entry is ignored.
+    seen: HashSet<u64>,
+    seen_order: VecDeque<u64>,
+    /// Routed commands handled so far (compared with the supervisor's count before stopping idle).
+    handled: Arc<AtomicU64>,
+    last_activity: tokio::time::Instant,
+    idle_timer_armed: bool,
+    sender: mpsc::UnboundedSender<engine::message::OutboxItem>,
+    span: tracing::Span,
+}
+
+#[derive(Debug)]
+pub struct ConversationActor {
+    pub(crate) deps: Deps,
+    pub(crate) supervisor: ActorRef<TenantMsg>,
+}
+
+impl Actor for ConversationActor {
+    type Msg = ConversationMsg;
+    type State = ConversationState;
+    type Arguments = ConversationArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ConversationArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Restarted actors come back from storage, so a crash loses at most the open buffer, whose
+        // entries are still pending in the inbox and are routed again by the supervisor.
+        let span = tracing::info_span!("conversation", tenant = %args.tenant, conversation = %args.contact);
+        let conv = self
+            .deps
+            .store
+            .load_conversation(&args.tenant, &args.contact)
+            .instrument(span.clone())
+            .await?
+            .unwrap_or_else(|| {
+                Conversation::new(
+                    args.tenant.clone(),
+                    args.contact.clone(),
+                    self.deps.clock.now(),
+                )
+            });
+        let sender = outbox::spawn_sender(self.deps.clone(), span.clone());
+        self.deps.metrics.live_conversations.inc();
+        Ok(ConversationState {
+            tenant: args.tenant,
+            contact: args.contact,
+            conv,
+            buffer: MessageBuffer::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            handled: args.handled,
+            last_activity: tokio::time::Instant::now(),
+            idle_timer_armed: false,
+            sender,
+            span,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.deps.metrics.live_conversations.dec();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        async {
+            match msg {
+                ConversationMsg::Routed(command) => {
+                    state.handled.fetch_add(1, Ordering::SeqCst);
+                    self.deps.metrics.mailbox_depth.dec();
+                    state.last_activity = tokio::time::Instant::now();
+                    self.on_command(&myself, state, command).await;
+                    self.arm_idle(&myself, state);
+                }
+                ConversationMsg::FlushIfDue { generation } => {
+                    if generation == state.buffer.generation() {
+                        self.flush_if_due(&myself, state).await;
+                    }
+                }
+                ConversationMsg::IdleTick => self.on_idle_tick(&myself, state),
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+impl ConversationActor {
+    async fn on_command(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        command: Command,
+    ) {
+        match command {
+            Command::Inbox(entry) => self.on_inbox(myself, state, entry).await,
+            Command::HumanReply { text, reply } => {
+                let _ = reply.send(self.on_human_reply(state, text).await);
+            }
+            Command::Takeover { reply } => {
+                let _ = reply.send(
+                    self.change_state(state, Reason::OperatorTakeover, Vec::new())
+                        .await,
+                );
+            }
+            Command::Release { reply } => {
+                let _ = reply.send(
+                    self.change_state(state, Reason::OperatorRelease, Vec::new())
+                        .await,
+                );
+            }
+            Command::HumanTimeout => self.on_human_timeout(state).await,
+            Command::Snapshot(reply) => {
+                let _ = reply.send(ConversationSnapshot {
+                    conversation: state.conv.clone(),
+                    buffered: state.buffer.len(),
+                    commands_handled: state.handled.load(Ordering::SeqCst),
+                });
+            }
+            #[cfg(feature = "testsuite")]
+            Command::Crash => panic!("crash requested by a test"),
+        }
+    }
+
+    async fn on_inbox(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        entry: InboxEntry,
+    ) {
+        if !state.seen.insert(entry.seq) {
+            debug!(seq = entry.seq, "inbox entry replayed; ignored");
+            return;
+        }
+        remember(state, entry.seq);
+        state.conv.last_message_at = Some(
+            state
+                .conv
+                .last_message_at
+                .map_or(entry.message.at, |t| t.max(entry.message.at)),
+        );
+        match entry.kind {
+            InboxKind::PhoneReply => {
+                // The business wrote from its own phone: a human is in charge from now on. The
+                // message itself is in the history since ingest.
+                if let Err(e) = self
+                    .change_state(state, Reason::PhoneReply, vec![entry.seq])
+                    .await
+                {
+                    warn!(error = %e, "phone reply not recorded; it stays in the inbox");
+                    state.seen.remove(&entry.seq);
+                }
+            }
+            InboxKind::CustomerMessage => {
+                let now = self.deps.clock.now();
+                state.buffer.push(Fragment {
+                    text: entry.message.text,
+                    at: now,
+                    tag: entry.seq,
+                });
+                self.arm_flush(myself, state, now);
+            }
+        }
+    }
+
+    fn limits(&self, tenant: &TenantId) -> BufferLimits {
+        self.deps
+            .directory
+            .get(tenant)
+            .map(|rt| BufferLimits::from(&rt.tenant.settings))
+            .unwrap_or_else(|| BufferLimits::from(&engine::tenant::TenantSettings::default()))
+    }
+
+    /// Arms the debounce timer for the buffer's current generation (or flushes now when due).
+    fn arm_flush(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &ConversationState,
+        now: Timestamp,
+    ) {
+        let limits = self.limits(&state.tenant);
+        let Some(deadline) = state.buffer.deadline(&limits) else {
+            return;
+        };
+        let generation = state.buffer.generation();
+        let delay = Duration::from_millis(deadline.millis_since(now));
+        myself.send_after(delay, move || ConversationMsg::FlushIfDue { generation });
+    }
+
+    async fn flush_if_due(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+    ) {
+        let now = self.deps.clock.now();
+        let limits = self.limits(&state.tenant);
+        if !state.buffer.is_due(now, &limits) {
+            self.arm_flush(myself, state, now);
+            return;
+        }
+        let fragments = state.buffer.take();
+        let first_at = fragments.first().map(|f| f.at).unwrap_or(now);
+        let started = std::time::Instant::now();
+        let text = turn_text(&fragments);
+        let consumed: Vec<u64> = fragments.iter().map(|f| f.tag).collect();
+        let mut conv = state.conv.clone();
+        let mut outbound = Vec::new();
+        let mut transition = None;
+        let outcome = match self.deps.directory.get(&state.tenant) {
+            None => "no_tenant",
+            Some(rt) => {
+                let settings = &rt.tenant.settings;
+                let decision = decide(&text, conv.state, rt.tenant.status, settings, &rt.index);
+                match &decision {
+                    TurnDecision::Answer { reply, .. } | TurnDecision::SmallTalk { reply, .. } => {
+                        outbound.push(self.outbound_message(
+                            state,
+                            Author::Assistant,
+                            reply,
+                            now,
+                            settings.history_ttl_days,
+                        ));
+                    }
+                    TurnDecision::Handoff { reason, reply, .. } => {
+                        if let Outcome::Move(t) =
+                            conv.apply(*reason, now, settings.human_timeout_hours)
+                        {
+                            transition = Some(t);
+                        }
+                        outbound.push(self.outbound_message(
+                            state,
+                            Author::Assistant,
+                            reply,
+                            now,
+                            settings.history_ttl_days,
+                        ));
+                    }
+                    TurnDecision::Silent { .. } => {}
+                }
+                decision.outcome()
+            }
+        };
+        if let Some(last) = outbound.last() {
+            conv.last_message_at = Some(last.at);
+        }
+        conv.updated_at = now;
+        let commit = ConversationCommit {
+            conversation: conv.clone(),
+            consumed_inbox: consumed,
+            outbound: outbound.clone(),
+        };
+        match self.deps.store.commit(commit).await {
+            Ok(items) => {
+                state.conv = conv;
+                let m = &self.deps.metrics;
+                m.turns.with_label_values(&[outcome]).inc();
+                m.turn_messages.observe(fragments.len() as f64);
+                m.turn_buffer_seconds
+                    .observe(now.millis_since(first_at) as f64 / 1000.0);
+                m.turn_engine_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                info!(outcome, messages = fragments.len(), "turn decided");
+                self.publish_change(state, &outbound, transition);
+                self.enqueue(state, items);
+            }
+            Err(e) => {
+                error!(error = %e, "turn commit failed; the turn stays buffered and is retried");
+                self.deps
+                    .metrics
+                    .store_errors
+                    .with_label_values(&["commit"])
+                    .inc();
+                state.buffer.restore(fragments);
+                let generation = state.buffer.generation();
+                myself.send_after(COMMIT_RETRY, move || ConversationMsg::FlushIfDue {
+                    generation,
+                });
+            }
+        }
+    }
+
+    fn outbound_message(
+        &self,
+        state: &ConversationState,
+        author: Author,
+        text: &str,
+        now: Timestamp,
+        ttl_days: f64,
+    ) -> StoredMessage {
+        StoredMessage {
+            id: MessageId(uuid::Uuid::now_v7().to_string()),
+            tenant: state.tenant.clone(),
+            contact: state.contact.clone(),
+            direction: Direction::Out,
+            author,
+            kind: MessageKind::Text,
+            text: text.to_owned(),
+            provider_id: None,
+            at: now,
+            status: Some(DeliveryStatus::Pending),
+            expires_at: now.plus_days(ttl_days),
+        }
+    }
+
+    /// Applies a state change (and queues `outbound`), commits it, and tells dashboards.
+    async fn commit_change(
+        &self,
+        state: &mut ConversationState,
+        reason: Reason,
+        consumed: Vec<u64>,
+        outbound: Vec<StoredMessage>,
+    ) -> Result<Conversation, EngineError> {
+        let now = self.deps.clock.now();
+        let hours = self
+            .deps
+            .directory
+            .get(&state.tenant)
+            .map_or(24.0, |rt| rt.tenant.settings.human_timeout_hours);
+        let mut conv = state.conv.clone();
+        let transition = match conv.apply(reason, now, hours) {
+            Outcome::Move(t) => Some(t),
+            Outcome::Stay => None,
+            Outcome::Invalid => {
+                return Err(EngineError::Conflict(format!(
+                    "{} is not possible while the conversation is {}",
+                    reason, conv.state
+                )));
+            }
+        };
+        if let Some(last) = outbound.last() {
+            conv.last_message_at = Some(conv.last_message_at.map_or(last.at, |t| t.max(last.at)));
+        }
+        let commit = ConversationCommit {
+            conversation: conv.clone(),
+            consumed_inbox: consumed,
+            outbound: outbound.clone(),
+        };
+        let items = self.deps.store.commit(commit).await.inspect_err(|_| {
+            self.deps
+                .metrics
+                .store_errors
+                .with_label_values(&["commit"])
+                .inc();
+        })?;
+        state.conv = conv.clone();
+        self.publish_change(state, &outbound, transition);
+        self.enqueue(state, items);
+        Ok(conv)
+    }
+
+    async fn change_state(
+        &self,
+        state: &mut ConversationState,
+        reason: Reason,
+        consumed: Vec<u64>,
+    ) -> Result<Conversation, EngineError> {
+        self.commit_change(state, reason, consumed, Vec::new())
+            .await
+    }
+
+    async fn on_human_reply(
+        &self,
+        state: &mut ConversationState,
+        text: String,
+    ) -> Result<StoredMessage, EngineError> {
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Err(EngineError::invalid("text", "must not be empty"));
+        }
+        if text.chars().count() > 4096 {
+            return Err(EngineError::invalid(
+                "text",
+                "must be at most 4096 characters",
+            ));
+        }
+        let ttl = self
+            .deps
+            .directory
+            .get(&state.tenant)
+            .map_or(30.0, |rt| rt.tenant.settings.history_ttl_days);
+        let message =
+            self.outbound_message(state, Author::Human, &text, self.deps.clock.now(), ttl);
+        self.commit_change(state, Reason::HumanReply, Vec::new(), vec![message.clone()])
+            .await?;
+        Ok(message)
+    }
+
+    async fn on_human_timeout(&self, state: &mut ConversationState) {
+        let now = self.deps.clock.now();
+        let Some(deadline) = state.conv.human_deadline else {
+            return;
+        };
+        if deadline > now || !state.conv.state.human_in_charge() {
+            return; // refreshed since the scan, or already released
+        }
+        let Some(rt) = self.deps.directory.get(&state.tenant) else {
+            return;
+        };
+        let settings = &rt.tenant.settings;
+        let text = if state.conv.human_answered {
+            &settings.return_message
+        } else {
+            &settings.no_human_message
+        };
+        let message = self.outbound_message(
+            state,
+            Author::Assistant,
+            text,
+            now,
+            settings.history_ttl_days,
+        );
+        match self
+            .commit_change(state, Reason::HumanTimeout, Vec::new(), vec![message])
+            .await
+        {
+            Ok(_) => {
+                self.deps.metrics.deadlines_fired.inc();
+                info!("human timeout: the assistant takes the conversation back");
+            }
+            Err(e) => warn!(error = %e, "human timeout not recorded; the next scan retries"),
+        }
+    }
+
+    fn publish_change(
+        &self,
+        state: &ConversationState,
+        outbound: &[StoredMessage],
+        transition: Option<Transition>,
+    ) {
+        let events = &self.deps.events;
+        let now = self.deps.clock.now();
+        if let Some(t) = transition {
+            events.publish(
+                &state.tenant,
+                &state.contact,
+                now,
+                EventBody::State {
+                    from: t.from,
+                    to: t.to,
+                    reason: t.reason,
+                },
+            );
+            let counter = if t.to.human_in_charge() {
+                &self.deps.metrics.handoffs
+            } else {
+                &self.deps.metrics.returns
+            };
+            counter.with_label_values(&[t.reason.as_str()]).inc();
+        }
+        for m in outbound {
+            events.publish(
+                &state.tenant,
+                &state.contact,
+                m.at,
+                EventBody::Message {
+                    id: m.id.to_string(),
+                    direction: m.direction,
+                    author: m.author,
+                    kind: m.kind,
+                    text: m.text.clone(),
+                    status: m.status,
+                },
+            );
+        }
+    }
+
+    fn enqueue(&self, state: &ConversationState, items: Vec<engine::message::OutboxItem>) {
+        for item in items {
+            if state.sender.send(item).is_err() {
+                // The sender task only ends when this actor drops its handle; the entry stays in
+                // the durable outbox and is sent at the next start.
+                error!("outbox sender is gone; the message is sent after restart");
+            }
+        }
+    }
+
+    fn arm_idle(&self, myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
+        if !state.idle_timer_armed {
+            state.idle_timer_armed = true;
+            myself.send_after(self.deps.policy.idle_after, || ConversationMsg::IdleTick);
+        }
+    }
+
+    fn on_idle_tick(&self, myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
+        state.idle_timer_armed = false;
+        let idle_for = state.last_activity.elapsed();
+        if idle_for < self.deps.policy.idle_after || !state.buffer.is_empty() {
+            state.idle_timer_armed = true;
+            let wait = self
+                .deps
+                .policy
+                .idle_after
+                .saturating_sub(idle_for)
+                .max(Duration::from_millis(10));
+            myself.send_after(wait, || ConversationMsg::IdleTick);
+            return;
+        }
+        // Ask the supervisor: only it knows whether a command is on its way to this mailbox.
+        let _ = self.supervisor.cast(TenantMsg::Idle {
+            contact: state.contact.clone(),
+            actor: myself.get_id(),
+            handled: state.handled.load(Ordering::SeqCst),
+        });
+    }
+}
+
+fn remember(state: &mut ConversationState, seq: u64) {
+    state.seen_order.push_back(seq);
+    while state.seen_order.len() > REMEMBERED_SEQS {
+        if let Some(old) = state.seen_order.pop_front() {
+            state.seen.remove(&old);
+        }
+    }
+}

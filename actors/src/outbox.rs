@@ -1,0 +1,173 @@
+//! Sending committed answers through the provider, in order, per conversation.
+//!
+//! Every message reaches this module only after its outbox entry is durable, so a crash at any
+//! point means the entry is sent again at the next start (at-least-once; the window for a
+//! duplicate is the time between the provider accepting a message and `outbox_sent` committing).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use engine::events::EventBody;
+use engine::message::{DeliveryStatus, OutboxItem};
+use engine::{ContactId, TenantId};
+use tokio::sync::mpsc;
+use tracing::{Instrument, error, info, warn};
+
+use crate::Deps;
+
+/// Spawns the sender of one conversation. It ends when every handle to it is dropped and its queue
+/// is empty.
+pub(crate) fn spawn_sender(deps: Deps, span: tracing::Span) -> mpsc::UnboundedSender<OutboxItem> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<OutboxItem>();
+    tokio::spawn(
+        async move {
+            while let Some(item) = rx.recv().await {
+                send_one(&deps, item).await;
+            }
+        }
+        .instrument(span),
+    );
+    tx
+}
+
+/// Sends entries left in the outbox by a previous run, in order per conversation.
+pub(crate) async fn resend_pending(deps: &Deps) -> usize {
+    let pending = match deps.store.pending_outbox().await {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "cannot read the outbox; pending answers are sent at the next start");
+            return 0;
+        }
+    };
+    let count = pending.len();
+    let mut by_conversation: BTreeMap<(TenantId, ContactId), Vec<OutboxItem>> = BTreeMap::new();
+    for item in pending {
+        by_conversation
+            .entry((item.tenant.clone(), item.contact.clone()))
+            .or_default()
+            .push(item);
+    }
+    for ((tenant, contact), items) in by_conversation {
+        let span = tracing::info_span!("outbox_recovery", %tenant, conversation = %contact);
+        let tx = spawn_sender(deps.clone(), span);
+        for item in items {
+            let _ = tx.send(item);
+        }
+    }
+    if count > 0 {
+        info!(count, "resending answers left in the outbox");
+    }
+    count
+}
+
+async fn send_one(deps: &Deps, item: OutboxItem) {
+    let Some(rt) = deps.directory.get(&item.tenant) else {
+        warn!(seq = item.seq, "tenant gone; outbox entry abandoned");
+        let _ = deps
+            .store
+            .outbox_failed(item.seq, "tenant removed", deps.clock.now())
+            .await;
+        return;
+    };
+    let provider = rt.provider.clone();
+    let kind = provider.kind();
+    let started = std::time::Instant::now();
+    let events = &deps.events;
+    events.publish(
+        &item.tenant,
+        &item.contact,
+        deps.clock.now(),
+        EventBody::Typing { on: true },
+    );
+    {
+        // Best effort and never in the way of the answer: some providers hold this call open.
+        let provider = provider.clone();
+        let contact = item.contact.clone();
+        tokio::spawn(async move {
+            let _ = provider.typing(&contact, true).await;
+        });
+    }
+    let policy = &deps.policy;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match provider.send_text(&item.contact, &item.text).await {
+            Ok(receipt) => {
+                deps.metrics.sends.with_label_values(&[kind, "sent"]).inc();
+                deps.metrics
+                    .send_seconds
+                    .with_label_values(&[kind])
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(e) = deps
+                    .store
+                    .outbox_sent(item.seq, receipt.provider_id.as_deref(), deps.clock.now())
+                    .await
+                {
+                    // The message went out; if this is not recorded it may be sent again after a restart.
+                    error!(error = %e, seq = item.seq, "sent but not recorded");
+                    deps.metrics
+                        .store_errors
+                        .with_label_values(&["outbox_sent"])
+                        .inc();
+                }
+                let now = deps.clock.now();
+                events.publish(
+                    &item.tenant,
+                    &item.contact,
+                    now,
+                    EventBody::Typing { on: false },
+                );
+                events.publish(
+                    &item.tenant,
+                    &item.contact,
+                    now,
+                    EventBody::Delivery {
+                        id: item.message_id.to_string(),
+                        status: DeliveryStatus::Sent,
+                        error: None,
+                    },
+                );
+                return;
+            }
+            Err(e) if e.retryable && attempt < policy.send_attempts => {
+                deps.metrics.sends.with_label_values(&[kind, "retry"]).inc();
+                let delay = backoff(policy.send_retry_base, attempt);
+                warn!(error = %e, attempt, ?delay, "send failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                deps.metrics
+                    .sends
+                    .with_label_values(&[kind, "failed"])
+                    .inc();
+                error!(error = %e, status = ?e.status, attempt, "send failed for good");
+                let now = deps.clock.now();
+                if let Err(se) = deps.store.outbox_failed(item.seq, &e.message, now).await {
+                    error!(error = %se, "failure not recorded");
+                }
+                events.publish(
+                    &item.tenant,
+                    &item.contact,
+                    now,
+                    EventBody::Typing { on: false },
+                );
+                events.publish(
+                    &item.tenant,
+                    &item.contact,
+                    now,
+                    EventBody::Delivery {
+                        id: item.message_id.to_string(),
+                        status: DeliveryStatus::Failed,
+                        error: Some(e.message.clone()),
+                    },
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
+        .min(Duration::from_secs(300))
+}
