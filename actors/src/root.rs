@@ -75,10 +75,10 @@ impl Actor for RootSupervisor {
                 contact,
                 command,
             } => {
-                if let Some(sup) = self.supervisor(&myself, state, &tenant).await {
-                    if sup.cast(TenantMsg::Route { contact, command }).is_err() {
-                        warn!(%tenant, "tenant supervisor gone while routing");
-                    }
+                if let Some(sup) = self.supervisor(&myself, state, &tenant).await
+                    && sup.cast(TenantMsg::Route { contact, command }).is_err()
+                {
+                    warn!(%tenant, "tenant supervisor gone while routing");
                 }
             }
             RootMsg::Deliver(entries) => {
@@ -100,10 +100,10 @@ impl Actor for RootSupervisor {
             } => match state.tenants.get(&tenant) {
                 Some(sup) => {
                     // The tenant supervisor answers `reply` once the actor has stopped.
-                    if let Err(e) = sup.cast(TenantMsg::Stop { contact, reply }) {
-                        if let ractor::MessagingErr::SendErr(TenantMsg::Stop { reply, .. }) = e {
-                            let _ = reply.send(());
-                        }
+                    if let Err(ractor::MessagingErr::SendErr(TenantMsg::Stop { reply, .. })) =
+                        sup.cast(TenantMsg::Stop { contact, reply })
+                    {
+                        let _ = reply.send(());
                     }
                 }
                 None => {

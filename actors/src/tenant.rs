@@ -119,11 +119,9 @@ impl Actor for TenantSupervisor {
                 let idle = state.children.get(&contact).is_some_and(|c| {
                     c.actor.get_id() == actor && c.routed == handled && c.unhandled() == 0
                 });
-                if idle {
-                    if let Some(child) = state.children.remove(&contact) {
-                        state.by_id.remove(&actor);
-                        child.actor.stop(Some("idle".into()));
-                    }
+                if idle && let Some(child) = state.children.remove(&contact) {
+                    state.by_id.remove(&actor);
+                    child.actor.stop(Some("idle".into()));
                 }
             }
             TenantMsg::Stop { contact, reply } => {
@@ -153,18 +151,16 @@ impl Actor for TenantSupervisor {
         // Overrides ractor's default, which would stop this supervisor whenever a child ends.
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(contact) = state.by_id.remove(&cell.get_id()) {
-                    if state
+                // Ended without asking (not through Idle or Stop): forget it; the next command
+                // respawns it.
+                if let Some(contact) = state.by_id.remove(&cell.get_id())
+                    && state
                         .children
                         .get(&contact)
                         .is_some_and(|c| c.actor.get_id() == cell.get_id())
-                    {
-                        // Ended without asking (not through Idle or Stop): forget it; the next
-                        // command respawns it.
-                        if let Some(child) = state.children.remove(&contact) {
-                            self.deps.metrics.mailbox_depth.sub(child.unhandled());
-                        }
-                    }
+                    && let Some(child) = state.children.remove(&contact)
+                {
+                    self.deps.metrics.mailbox_depth.sub(child.unhandled());
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {

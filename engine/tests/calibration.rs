@@ -1,10 +1,12 @@
 //! Calibration of the retrieval confidence against labelled customer questions.
 //!
-//! `fixtures/questions.jsonl` holds WhatsApp-style questions to three sample businesses, each
+//! `fixtures/questions.jsonl` holds WhatsApp-style questions to four sample businesses, each
 //! labelled with whether the business's knowledge text answers it. With the default
 //! `confidence_threshold` of 0.5 the engine hands off below 0.5; this test measures how well that
 //! decision matches the labels (positive class: unanswerable, so hand off) and prints the numbers.
-//! Run with `cargo test -p engine --test calibration -- --nocapture` to see them.
+//! Run with `cargo test -p engine --test calibration -- --nocapture` to see them; set
+//! `CONVERSA_CALIBRATION_VERBOSE=1` as well to list every question with its confidence.
+//! `salao_beleza.txt` and its questions were written after the scorer was tuned on the other three.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,179 @@
+//! The process configuration: every flag has an environment variable, declared once here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Conversa: a realtime WhatsApp conversation engine.
+#[derive(Debug, Parser)]
+#[command(name = "conversa", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the engine (the default).
+    Serve,
+    /// Applies the CQL schema in `schema/` to the configured ScyllaDB (idempotent).
+    Migrate,
+}
+
+/// Process configuration. Every field can come from a flag or from the environment.
+#[derive(Clone, Parser)]
+pub struct Config {
+    /// Address for webhooks, the APIs, dashboards and /metrics.
+    #[arg(
+        long,
+        env = "CONVERSA_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(
+        long,
+        env = "CONVERSA_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Bearer token of the admin API; when unset a random one is generated and printed once.
+    #[arg(
+        long,
+        env = "CONVERSA_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// ScyllaDB contact points (`host:port`, comma separated); when set, history and state live there.
+    #[arg(
+        long,
+        env = "CONVERSA_SCYLLA_NODES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub scylla_nodes: Vec<String>,
+    /// ScyllaDB keyspace.
+    #[arg(
+        long,
+        env = "CONVERSA_SCYLLA_KEYSPACE",
+        default_value = "conversa",
+        global = true
+    )]
+    pub scylla_keyspace: String,
+    /// The keyspace's replication as a CQL map in JSON, used by `conversa migrate`.
+    #[arg(
+        long,
+        env = "CONVERSA_SCYLLA_REPLICATION",
+        default_value = r#"{"class":"NetworkTopologyStrategy","replication_factor":3}"#,
+        global = true
+    )]
+    pub scylla_replication: String,
+    /// `redis://…`; when set, Redis holds the shared hot state.
+    #[arg(
+        long,
+        env = "CONVERSA_REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: Option<String>,
+    /// API key of the OpenAI-compatible endpoint; without it the assistant answers extractively.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, global = true)]
+    pub openai_api_key: Option<String>,
+    /// Base URL of the OpenAI-compatible endpoint.
+    #[arg(long, env = "OPENAI_BASE_URL", global = true)]
+    pub openai_base_url: Option<String>,
+    /// A conversation actor with no activity for this many seconds is stopped.
+    #[arg(long, env = "CONVERSA_IDLE_SECS", default_value_t = 600, global = true)]
+    pub idle_secs: u64,
+    /// Log filter, `RUST_LOG` syntax.
+    #[arg(long, env = "CONVERSA_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        env = "CONVERSA_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// Largest webhook or API body accepted, in bytes.
+    #[arg(long, env = "CONVERSA_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+    /// Timeout of each request Conversa makes to a WhatsApp provider.
+    #[arg(long, env = "CONVERSA_PROVIDER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub provider_timeout: Duration,
+    /// How often due human-timeout deadlines are looked up.
+    #[arg(long, env = "CONVERSA_DEADLINE_SCAN", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub deadline_scan: Duration,
+    /// How long a graceful shutdown may take.
+    #[arg(long, env = "CONVERSA_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl std::fmt::Debug for Config {
+    // Hand-written so that secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("scylla_nodes", &self.scylla_nodes)
+            .field("scylla_keyspace", &self.scylla_keyspace)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field(
+                "openai_api_key",
+                &self.openai_api_key.as_ref().map(|_| "<set>"),
+            )
+            .field("openai_base_url", &self.openai_base_url)
+            .field("idle_secs", &self.idle_secs)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("provider_timeout", &self.provider_timeout)
+            .field("deadline_scan", &self.deadline_scan)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot; a bad value stops the process before it binds a port.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_secs == 0 {
+            return Err("CONVERSA_IDLE_SECS must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("CONVERSA_MAX_BODY_BYTES must be at least 1024".into());
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("CONVERSA_ADMIN_TOKEN must be at least 16 characters".into());
+        }
+        serde_json::from_str::<serde_json::Value>(&self.scylla_replication)
+            .map_err(|e| format!("CONVERSA_SCYLLA_REPLICATION is not JSON: {e}"))?;
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback on a free port, the given data directory.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut config = Cli::parse_from(["conversa"]).config;
+        config.listen = "127.0.0.1:0"
+            .parse()
+            .expect("a loopback address should parse");
+        config.data_dir = data_dir;
+        config.admin_token = Some("test-admin-token-0123456789".into());
+        config
+    }
+}

@@ -1,0 +1,21 @@
+//! Conversa's HTTP gateway: the only crate that knows HTTP.
+//!
+//! - [`config`]: every flag and environment variable.
+//! - [`server`]: `run()` and the ordered shutdown.
+//! - [`app`]: the shared state and the router; [`api`]: the handlers.
+//! - [`providers`]: provider webhooks parsed into one normalised model, and provider clients.
+//! - [`events`]: the dashboard event hub (sequence numbers, resync window, fan-out).
+//! - [`metrics`], [`telemetry`], [`error`], [`shutdown`], [`util`].
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod outbound;
+pub mod providers;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod util;

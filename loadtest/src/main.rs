@@ -1,0 +1,3 @@
+//! `loadtest`: drives a running Conversa (work in progress; see issue "SRE view and load test").
+
+fn main() {}
