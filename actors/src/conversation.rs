@@ -551,12 +551,21 @@ impl ConversationActor {
                     reason: t.reason,
                 },
             );
-            let counter = if t.to.human_in_charge() {
-                &self.deps.metrics.handoffs
-            } else {
-                &self.deps.metrics.returns
-            };
-            counter.with_label_values(&[t.reason.as_str()]).inc();
+            // A handoff leaves the assistant; a return comes back to it. A human answering a
+            // conversation that was waiting for one is neither.
+            if t.from == engine::ConversationState::IaAtiva {
+                self.deps
+                    .metrics
+                    .handoffs
+                    .with_label_values(&[t.reason.as_str()])
+                    .inc();
+            } else if t.to == engine::ConversationState::IaAtiva {
+                self.deps
+                    .metrics
+                    .returns
+                    .with_label_values(&[t.reason.as_str()])
+                    .inc();
+            }
         }
         for m in outbound {
             events.publish(

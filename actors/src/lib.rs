@@ -62,6 +62,8 @@ pub struct TreePolicy {
     pub send_attempts: u32,
     /// First delay between outbox attempts; doubles each time.
     pub send_retry_base: Duration,
+    /// How long an answer waits for the provider's "typing…" call before it is sent anyway.
+    pub typing_wait: Duration,
 }
 
 impl Default for TreePolicy {
@@ -74,6 +76,7 @@ impl Default for TreePolicy {
             dedupe_for: Duration::from_secs(7 * 24 * 3600),
             send_attempts: 5,
             send_retry_base: Duration::from_secs(2),
+            typing_wait: Duration::from_millis(300),
         }
     }
 }

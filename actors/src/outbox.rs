@@ -80,12 +80,15 @@ async fn send_one(deps: &Deps, item: OutboxItem) {
         EventBody::Typing { on: true },
     );
     {
-        // Best effort and never in the way of the answer: some providers hold this call open.
+        // "Typing…" goes out before the answer. It is best effort and bounded: some providers
+        // (Evolution) hold this call open for the whole indicator, so it runs in its own task and
+        // the answer waits for it at most `typing_wait`.
         let provider = provider.clone();
         let contact = item.contact.clone();
-        tokio::spawn(async move {
+        let typing = tokio::spawn(async move {
             let _ = provider.typing(&contact, true).await;
         });
+        let _ = tokio::time::timeout(deps.policy.typing_wait, typing).await;
     }
     let policy = &deps.policy;
     let mut attempt = 0u32;

@@ -537,3 +537,37 @@ async fn retryable_send_failures_are_retried_in_order() {
     assert_eq!(h.sent_to(ALICE).len(), 1);
     assert!(h.store.pending_outbox().await.unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_handoffs_and_returns_not_human_replies() {
+    let mut h = Harness::new().await;
+    h.customer("loja", ALICE, "atendente").await;
+    run_for(5.0).await;
+    h.engine
+        .handle
+        .human_reply(&t("loja"), &c(ALICE), "Oi!".into())
+        .await
+        .unwrap();
+    h.engine
+        .handle
+        .release(&t("loja"), &c(ALICE))
+        .await
+        .unwrap();
+    let m = &h.metrics;
+    assert_eq!(m.handoffs.with_label_values(&["handoff_keyword"]).get(), 1);
+    assert_eq!(m.handoffs.with_label_values(&["human_reply"]).get(), 0);
+    assert_eq!(m.returns.with_label_values(&["operator_release"]).get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn typing_goes_out_before_the_answer() {
+    let mut h = Harness::new().await;
+    h.customer("loja", ALICE, "qual o horário de funcionamento?")
+        .await;
+    run_for(5.0).await;
+    assert_eq!(h.provider.typing(), [(c(ALICE), true)]);
+    let kinds = h.events.kinds_for(ALICE);
+    let typing = kinds.iter().position(|k| *k == "typing").unwrap();
+    let delivery = kinds.iter().position(|k| *k == "delivery").unwrap();
+    assert!(typing < delivery, "{kinds:?}");
+}

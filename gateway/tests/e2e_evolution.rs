@@ -294,10 +294,16 @@ async fn a_customer_question_is_answered_through_evolution() {
         send.apikey.as_deref(),
         Some("B6D711FC-DE4D-4FD5-9365-44120E713976")
     );
+    let paths: Vec<String> = fake.all().into_iter().map(|c| c.path).collect();
+    let presence = paths
+        .iter()
+        .position(|p| p == "/chat/sendPresence/loja-centro");
+    let text = paths
+        .iter()
+        .position(|p| p == "/message/sendText/loja-centro");
     assert!(
-        fake.all().iter().any(
-            |c| c.path == "/chat/sendPresence/loja-centro" && c.body["presence"] == "composing"
-        )
+        presence.is_some() && presence < text,
+        "composing must come before the answer: {paths:?}"
     );
 
     // History: the question and the answer, newest first; the answer gets its provider id.
