@@ -19,10 +19,11 @@ use std::time::Duration;
 use engine::buffer::{BufferLimits, Fragment, MessageBuffer, turn_text};
 use engine::conversation::{Conversation, Outcome, Reason, Transition};
 use engine::events::EventBody;
+use engine::memory::{MemoryEntry, MemoryWindow};
 use engine::message::{
     Author, DeliveryStatus, Direction, InboxEntry, InboxKind, MessageKind, StoredMessage,
 };
-use engine::ports::ConversationCommit;
+use engine::ports::{ConversationCommit, LlmAnswer, LlmError};
 use engine::turn::{TurnDecision, decide};
 use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -74,6 +75,41 @@ pub enum ConversationMsg {
     FlushIfDue { generation: u64 },
     /// The idle timer fired.
     IdleTick,
+    /// The LLM call of turn `id` finished.
+    LlmDone {
+        id: u64,
+        result: Result<LlmAnswer, LlmError>,
+    },
+}
+
+/// What the buffer keeps of each message of a turn.
+#[derive(Debug, Clone)]
+pub struct Tag {
+    /// The inbox entry, marked done when the turn commits.
+    seq: u64,
+    /// The stored message (excluded from the memory of its own turn).
+    message: MessageId,
+    /// When it was recorded.
+    at: Timestamp,
+}
+
+/// A turn whose answer the LLM is writing.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    fragments: Vec<Fragment<Tag>>,
+    started: std::time::Instant,
+}
+
+/// How a turn ends.
+#[derive(Debug)]
+enum Resolution {
+    /// Send this answer; the label is the turn outcome for metrics.
+    Reply(String, &'static str),
+    /// Send this message and hand off for this reason.
+    Handoff(Reason, String),
+    /// Say nothing.
+    Silent(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,6 +117,8 @@ pub struct ConversationSnapshot {
     pub conversation: Conversation,
     pub buffered: usize,
     pub commands_handled: u64,
+    /// An LLM answer is being written.
+    pub answering: bool,
 }
 
 #[derive(Debug)]
@@ -96,7 +134,9 @@ pub struct ConversationState {
     tenant: TenantId,
     contact: ContactId,
     conv: Conversation,
-    buffer: MessageBuffer<u64>,
+    buffer: MessageBuffer<Tag>,
+    in_flight: Option<InFlight>,
+    turn_counter: u64,
     /// Inbox entries in the buffer or consumed recently: a replayed entry is ignored.
     seen: HashSet<u64>,
     seen_order: VecDeque<u64>,
@@ -147,6 +187,8 @@ impl Actor for ConversationActor {
             contact: args.contact,
             conv,
             buffer: MessageBuffer::new(),
+            in_flight: None,
+            turn_counter: 0,
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             handled: args.handled,
@@ -188,6 +230,10 @@ impl Actor for ConversationActor {
                     }
                 }
                 ConversationMsg::IdleTick => self.on_idle_tick(&myself, state),
+                ConversationMsg::LlmDone { id, result } => {
+                    state.last_activity = tokio::time::Instant::now();
+                    self.on_llm_done(&myself, state, id, result).await;
+                }
             }
         }
         .instrument(span)
@@ -226,6 +272,7 @@ impl ConversationActor {
                     conversation: state.conv.clone(),
                     buffered: state.buffer.len(),
                     commands_handled: state.handled.load(Ordering::SeqCst),
+                    answering: state.in_flight.is_some(),
                 });
             }
             #[cfg(feature = "testsuite")]
@@ -264,10 +311,15 @@ impl ConversationActor {
             }
             InboxKind::CustomerMessage => {
                 let now = self.deps.clock.now();
+                let tag = Tag {
+                    seq: entry.seq,
+                    message: entry.message.id,
+                    at: entry.message.at,
+                };
                 state.buffer.push(Fragment {
                     text: entry.message.text,
                     at: now,
-                    tag: entry.seq,
+                    tag,
                 });
                 self.arm_flush(myself, state, now);
             }
@@ -303,6 +355,10 @@ impl ConversationActor {
         myself: &ActorRef<ConversationMsg>,
         state: &mut ConversationState,
     ) {
+        if state.in_flight.is_some() {
+            // One turn at a time: this one is flushed when the answer in flight is settled.
+            return;
+        }
         let now = self.deps.clock.now();
         let limits = self.limits(&state.tenant);
         if !state.buffer.is_due(now, &limits) {
@@ -310,46 +366,193 @@ impl ConversationActor {
             return;
         }
         let fragments = state.buffer.take();
-        let first_at = fragments.first().map(|f| f.at).unwrap_or(now);
         let started = std::time::Instant::now();
         let text = turn_text(&fragments);
-        let consumed: Vec<u64> = fragments.iter().map(|f| f.tag).collect();
+        let Some(rt) = self.deps.directory.get(&state.tenant) else {
+            self.finish_turn(
+                myself,
+                state,
+                fragments,
+                started,
+                Resolution::Silent("no_tenant"),
+            )
+            .await;
+            return;
+        };
+        let settings = &rt.tenant.settings;
+        let decision = decide(
+            &text,
+            state.conv.state,
+            rt.tenant.status,
+            settings,
+            &rt.index,
+        );
+        let resolution = match decision {
+            TurnDecision::Answer { hits, .. } if self.deps.llm.is_some() => {
+                self.ask_llm(myself, state, &rt, fragments, text, hits, started);
+                return;
+            }
+            TurnDecision::Answer { reply, .. } => Resolution::Reply(reply, "answered"),
+            TurnDecision::SmallTalk { reply, .. } => Resolution::Reply(reply, "small_talk"),
+            TurnDecision::Handoff { reason, reply, .. } => Resolution::Handoff(reason, reply),
+            TurnDecision::Silent { why } => Resolution::Silent(match why {
+                engine::turn::Silence::HumanInCharge => "silent_human",
+                engine::turn::Silence::Suspended => "silent_suspended",
+            }),
+        };
+        self.finish_turn(myself, state, fragments, started, resolution)
+            .await;
+    }
+
+    /// Starts the LLM call for a turn in its own task; the actor keeps handling commands and
+    /// buffering messages meanwhile, and settles the turn when [`ConversationMsg::LlmDone`] comes.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_llm(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        rt: &crate::TenantRuntime,
+        fragments: Vec<Fragment<Tag>>,
+        text: String,
+        hits: Vec<engine::knowledge::Hit>,
+        started: std::time::Instant,
+    ) {
+        let Some(llm) = self.deps.llm.clone() else {
+            return;
+        };
+        state.turn_counter += 1;
+        let id = state.turn_counter;
+        let turn_ids: HashSet<MessageId> =
+            fragments.iter().map(|f| f.tag.message.clone()).collect();
+        let last_at = fragments.iter().map(|f| f.tag.at).max().unwrap_or_default();
+        let (deps, tenant, contact, me) = (
+            self.deps.clone(),
+            state.tenant.clone(),
+            state.contact.clone(),
+            myself.clone(),
+        );
+        let settings = rt.tenant.settings.clone();
+        let name = rt.tenant.name.clone();
+        state.in_flight = Some(InFlight {
+            id,
+            fragments,
+            started,
+        });
+        tokio::spawn(
+            async move {
+                let now = deps.clock.now();
+                let memory = load_memory(
+                    &deps,
+                    &tenant,
+                    &contact,
+                    settings.memory_messages,
+                    &turn_ids,
+                    last_at,
+                    now,
+                )
+                .await;
+                let request = engine::prompt::build(&name, &settings, &hits, &memory, &text);
+                deps.prompts.record(&tenant, &contact, request.clone());
+                let result = llm.complete(&tenant, &request).await;
+                // The actor may be gone (crashed): its inbox entries are replayed after restart.
+                let _ = me.cast(ConversationMsg::LlmDone { id, result });
+            }
+            .instrument(state.span.clone()),
+        );
+    }
+
+    async fn on_llm_done(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        id: u64,
+        result: Result<LlmAnswer, LlmError>,
+    ) {
+        let Some(in_flight) = state.in_flight.take_if(|f| f.id == id) else {
+            return;
+        };
+        let resolution = if state.conv.state.human_in_charge() {
+            // A human took over while the model was thinking: its answer is never sent.
+            info!("llm answer discarded: a human took over while it was in flight");
+            Resolution::Silent("llm_discarded_human")
+        } else {
+            match result {
+                Ok(answer) => Resolution::Reply(answer.text, "answered_llm"),
+                Err(e) => {
+                    warn!(error = %e, "llm failed; handing off");
+                    let fallback = self
+                        .deps
+                        .directory
+                        .get(&state.tenant)
+                        .map(|rt| rt.tenant.settings.fallback_message.clone())
+                        .unwrap_or_else(|| {
+                            engine::tenant::TenantSettings::default().fallback_message
+                        });
+                    Resolution::Handoff(Reason::LlmFailure, fallback)
+                }
+            }
+        };
+        self.finish_turn(
+            myself,
+            state,
+            in_flight.fragments,
+            in_flight.started,
+            resolution,
+        )
+        .await;
+        // Messages that arrived meanwhile form the next turn.
+        if !state.buffer.is_empty() && state.in_flight.is_none() {
+            self.flush_if_due(myself, state).await;
+        }
+    }
+
+    /// Commits a decided turn: the state change, the answer and its outbox entry, and the turn's
+    /// inbox entries marked done, in one transaction. A failed commit puts the turn back.
+    async fn finish_turn(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        fragments: Vec<Fragment<Tag>>,
+        started: std::time::Instant,
+        resolution: Resolution,
+    ) {
+        let now = self.deps.clock.now();
+        let first_at = fragments.first().map(|f| f.at).unwrap_or(now);
+        let consumed: Vec<u64> = fragments.iter().map(|f| f.tag.seq).collect();
+        let settings = self
+            .deps
+            .directory
+            .get(&state.tenant)
+            .map(|rt| rt.tenant.settings.clone())
+            .unwrap_or_default();
+        let (hours, ttl) = (settings.human_timeout_hours, settings.history_ttl_days);
+        // An answer is sent as one message per paragraph (tenant setting), in order.
+        let answer = |text: &str| -> Vec<StoredMessage> {
+            engine::sending::parts(text, &settings)
+                .iter()
+                .map(|part| self.outbound_message(state, Author::Assistant, part, now, ttl))
+                .collect()
+        };
         let mut conv = state.conv.clone();
         let mut outbound = Vec::new();
         let mut transition = None;
-        let outcome = match self.deps.directory.get(&state.tenant) {
-            None => "no_tenant",
-            Some(rt) => {
-                let settings = &rt.tenant.settings;
-                let decision = decide(&text, conv.state, rt.tenant.status, settings, &rt.index);
-                match &decision {
-                    TurnDecision::Answer { reply, .. } | TurnDecision::SmallTalk { reply, .. } => {
-                        outbound.push(self.outbound_message(
-                            state,
-                            Author::Assistant,
-                            reply,
-                            now,
-                            settings.history_ttl_days,
-                        ));
-                    }
-                    TurnDecision::Handoff { reason, reply, .. } => {
-                        if let Outcome::Move(t) =
-                            conv.apply(*reason, now, settings.human_timeout_hours)
-                        {
-                            transition = Some(t);
-                        }
-                        outbound.push(self.outbound_message(
-                            state,
-                            Author::Assistant,
-                            reply,
-                            now,
-                            settings.history_ttl_days,
-                        ));
-                    }
-                    TurnDecision::Silent { .. } => {}
-                }
-                decision.outcome()
+        let outcome = match resolution {
+            Resolution::Reply(text, outcome) => {
+                outbound.extend(answer(&text));
+                outcome
             }
+            Resolution::Handoff(reason, text) => {
+                if let Outcome::Move(t) = conv.apply(reason, now, hours) {
+                    transition = Some(t);
+                }
+                outbound.extend(answer(&text));
+                match reason {
+                    Reason::HandoffKeyword => "handoff_keyword",
+                    Reason::LlmFailure => "handoff_llm_failure",
+                    _ => "handoff_low_confidence",
+                }
+            }
+            Resolution::Silent(outcome) => outcome,
         };
         if let Some(last) = outbound.last() {
             conv.last_message_at = Some(last.at);
@@ -604,7 +807,10 @@ impl ConversationActor {
     fn on_idle_tick(&self, myself: &ActorRef<ConversationMsg>, state: &mut ConversationState) {
         state.idle_timer_armed = false;
         let idle_for = state.last_activity.elapsed();
-        if idle_for < self.deps.policy.idle_after || !state.buffer.is_empty() {
+        if idle_for < self.deps.policy.idle_after
+            || !state.buffer.is_empty()
+            || state.in_flight.is_some()
+        {
             state.idle_timer_armed = true;
             let wait = self
                 .deps
@@ -621,6 +827,45 @@ impl ConversationActor {
             actor: myself.get_id(),
             handled: state.handled.load(Ordering::SeqCst),
         });
+    }
+}
+
+/// The conversation's last `n` messages before the turn being answered, oldest first.
+async fn load_memory(
+    deps: &Deps,
+    tenant: &TenantId,
+    contact: &ContactId,
+    n: usize,
+    turn: &HashSet<MessageId>,
+    turn_last_at: Timestamp,
+    now: Timestamp,
+) -> Vec<MemoryEntry> {
+    if n == 0 {
+        return Vec::new();
+    }
+    match deps
+        .store
+        .history(tenant, contact, n + turn.len() + 8, None, now)
+        .await
+    {
+        Ok(history) => {
+            let before_turn: Vec<_> = history
+                .iter()
+                .filter(|m| !turn.contains(&m.id) && m.at <= turn_last_at)
+                .collect();
+            MemoryWindow::from_newest_first(n, before_turn)
+                .entries()
+                .cloned()
+                .collect()
+        }
+        Err(e) => {
+            deps.metrics
+                .store_errors
+                .with_label_values(&["history"])
+                .inc();
+            warn!(error = %e, "memory unavailable; answering without it");
+            Vec::new()
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! read it at every turn, so a settings change applies to the next turn without a restart.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use engine::TenantId;
 use engine::knowledge::KnowledgeIndex;
@@ -16,6 +17,40 @@ pub struct TenantRuntime {
     pub tenant: Tenant,
     pub index: Arc<KnowledgeIndex>,
     pub provider: Arc<dyn Provider>,
+    /// Paces the tenant's outbound messages to `outbound_rate_per_sec`.
+    pub pacer: Arc<Pacer>,
+}
+
+/// Spaces sends evenly so a tenant never exceeds its provider's rate. Every sender of the tenant
+/// takes the next free slot; each conversation's sender is sequential, so order is kept per
+/// conversation while conversations share the tenant's rate fairly (first come, first served).
+#[derive(Debug)]
+pub struct Pacer {
+    rate: f64,
+    interval: Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(rate_per_sec: f64) -> Self {
+        let rate = rate_per_sec.max(0.1);
+        Self {
+            rate,
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -69,12 +104,18 @@ impl TenantDirectory {
         let index = index
             .or_else(|| previous.map(|p| p.index.clone()))
             .unwrap_or_default();
+        let rate = tenant.settings.outbound_rate_per_sec;
+        let pacer = match previous {
+            Some(p) if p.pacer.rate == rate.max(0.1) => p.pacer.clone(),
+            _ => Arc::new(Pacer::new(rate)),
+        };
         map.insert(
             tenant.id.clone(),
             Arc::new(TenantRuntime {
                 tenant,
                 index,
                 provider,
+                pacer,
             }),
         );
     }
@@ -87,6 +128,7 @@ impl TenantDirectory {
                 tenant: rt.tenant.clone(),
                 index,
                 provider: rt.provider.clone(),
+                pacer: rt.pacer.clone(),
             };
             map.insert(id.clone(), Arc::new(updated));
         }

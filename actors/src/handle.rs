@@ -15,9 +15,19 @@ use crate::root::RootMsg;
 pub struct EngineHandle {
     pub(crate) root: ActorRef<RootMsg>,
     pub(crate) call_timeout: Duration,
+    pub(crate) prompts: crate::prompts::PromptLog,
 }
 
 impl EngineHandle {
+    /// The last LLM prompt of a conversation, if one was built since it was last loaded.
+    pub fn last_prompt(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+    ) -> Option<std::sync::Arc<engine::prompt::LlmRequest>> {
+        self.prompts.get(tenant, contact)
+    }
+
     /// Routes accepted inbox entries to their conversations (fire and forget: they are durable).
     pub fn deliver(&self, entries: Vec<InboxEntry>) {
         if !entries.is_empty() && self.root.cast(RootMsg::Deliver(entries)).is_err() {

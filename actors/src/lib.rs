@@ -29,13 +29,14 @@ pub mod directory;
 pub mod handle;
 pub mod metrics;
 mod outbox;
+pub mod prompts;
 pub mod root;
 pub mod tenant;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::ports::{EventSink, Store};
+use engine::ports::{EventSink, Llm, Store};
 use ractor::Actor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -90,6 +91,10 @@ pub struct Deps {
     pub clock: Clock,
     pub policy: TreePolicy,
     pub metrics: Arc<ActorMetrics>,
+    /// The language model; `None` means extractive answers.
+    pub llm: Option<Arc<dyn Llm>>,
+    /// The last prompt of recent conversations (debug endpoint).
+    pub prompts: prompts::PromptLog,
 }
 
 /// The running tree and its background tasks.
@@ -111,6 +116,7 @@ pub async fn start(deps: Deps) -> Result<Engine, StartError> {
     let handle = EngineHandle {
         root: root.clone(),
         call_timeout: deps.policy.call_timeout,
+        prompts: deps.prompts.clone(),
     };
     let cancel = CancellationToken::new();
 

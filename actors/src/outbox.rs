@@ -88,7 +88,15 @@ async fn send_one(deps: &Deps, item: OutboxItem) {
         let typing = tokio::spawn(async move {
             let _ = provider.typing(&contact, true).await;
         });
+        let waited = std::time::Instant::now();
         let _ = tokio::time::timeout(deps.policy.typing_wait, typing).await;
+        // Then the pause a person would take to type it, and the tenant's rate.
+        let pause = Duration::from_millis(engine::sending::typing_delay_ms(
+            &item.text,
+            &rt.tenant.settings,
+        ));
+        tokio::time::sleep(pause.saturating_sub(waited.elapsed())).await;
+        rt.pacer.wait().await;
     }
     let policy = &deps.policy;
     let mut attempt = 0u32;

@@ -64,6 +64,8 @@ impl Harness {
                 ..TreePolicy::default()
             },
             metrics: metrics.clone(),
+            llm: None,
+            prompts: Default::default(),
         };
         let engine = actors::start(deps).await.unwrap();
         Self {
@@ -154,7 +156,7 @@ impl Harness {
     }
 }
 
-fn t(s: &str) -> TenantId {
+fn tid(s: &str) -> TenantId {
     TenantId::parse(s).unwrap()
 }
 
@@ -216,7 +218,7 @@ async fn the_same_phone_on_two_tenants_is_two_conversations() {
     assert_eq!(h.store.pending_inbox().await.unwrap().len(), 0);
     let a = h
         .store
-        .history(&t("loja"), &c(ALICE), 10, None, Timestamp(T0 + 60_000))
+        .history(&tid("loja"), &c(ALICE), 10, None, Timestamp(T0 + 60_000))
         .await
         .unwrap();
     assert!(
@@ -294,7 +296,7 @@ async fn human_reply_then_timeout_returns_with_the_return_message() {
     let msg = h
         .engine
         .handle
-        .human_reply(&t("loja"), &c(ALICE), "Oi, aqui é a Ana!".into())
+        .human_reply(&tid("loja"), &c(ALICE), "Oi, aqui é a Ana!".into())
         .await
         .unwrap();
     assert_eq!(msg.author, Author::Human);
@@ -350,7 +352,7 @@ async fn the_timeout_fires_even_after_the_actor_stopped_idle() {
     assert_eq!(
         h.engine
             .handle
-            .live_conversations(&t("loja"))
+            .live_conversations(&tid("loja"))
             .await
             .unwrap(),
         0,
@@ -384,7 +386,7 @@ async fn takeover_and_release() {
     let conv = h
         .engine
         .handle
-        .takeover(&t("loja"), &c(ALICE))
+        .takeover(&tid("loja"), &c(ALICE))
         .await
         .unwrap();
     assert_eq!(conv.state, ConversationState::AguardandoHumano);
@@ -395,7 +397,7 @@ async fn takeover_and_release() {
     let conv = h
         .engine
         .handle
-        .release(&t("loja"), &c(ALICE))
+        .release(&tid("loja"), &c(ALICE))
         .await
         .unwrap();
     assert_eq!(conv.state, ConversationState::IaAtiva);
@@ -421,7 +423,7 @@ async fn a_suspended_tenant_records_but_never_answers() {
     assert!(h.sent_to(ALICE).is_empty());
     assert_eq!(
         h.store
-            .history(&t("loja"), &c(ALICE), 10, None, Timestamp(T0))
+            .history(&tid("loja"), &c(ALICE), 10, None, Timestamp(T0))
             .await
             .unwrap()
             .len(),
@@ -432,11 +434,15 @@ async fn a_suspended_tenant_records_but_never_answers() {
 #[tokio::test(start_paused = true)]
 async fn a_crashed_conversation_is_restarted_from_the_store_and_its_neighbours_are_untouched() {
     let mut h = Harness::new().await;
-    h.engine.handle.takeover(&t("loja"), &c(BOB)).await.unwrap();
+    h.engine
+        .handle
+        .takeover(&tid("loja"), &c(BOB))
+        .await
+        .unwrap();
     h.customer("loja", ALICE, "qual o horário de funcionamento?")
         .await;
     h.customer("loja", BOB, "oi").await;
-    h.engine.handle.crash(&t("loja"), &c(ALICE));
+    h.engine.handle.crash(&tid("loja"), &c(ALICE));
     run_for(10.0).await;
     assert_eq!(h.metrics.actor_restarts.get(), 1);
     // Alice's turn was still pending in the inbox: the restarted actor answers it, once.
@@ -454,13 +460,13 @@ async fn an_idle_conversation_stops_and_reloads_its_state() {
     let mut h = Harness::new().await;
     h.engine
         .handle
-        .takeover(&t("loja"), &c(ALICE))
+        .takeover(&tid("loja"), &c(ALICE))
         .await
         .unwrap();
     assert_eq!(
         h.engine
             .handle
-            .live_conversations(&t("loja"))
+            .live_conversations(&tid("loja"))
             .await
             .unwrap(),
         1
@@ -470,7 +476,7 @@ async fn an_idle_conversation_stops_and_reloads_its_state() {
     assert_eq!(
         h.engine
             .handle
-            .live_conversations(&t("loja"))
+            .live_conversations(&tid("loja"))
             .await
             .unwrap(),
         0
@@ -545,12 +551,12 @@ async fn metrics_count_handoffs_and_returns_not_human_replies() {
     run_for(5.0).await;
     h.engine
         .handle
-        .human_reply(&t("loja"), &c(ALICE), "Oi!".into())
+        .human_reply(&tid("loja"), &c(ALICE), "Oi!".into())
         .await
         .unwrap();
     h.engine
         .handle
-        .release(&t("loja"), &c(ALICE))
+        .release(&tid("loja"), &c(ALICE))
         .await
         .unwrap();
     let m = &h.metrics;
@@ -570,4 +576,53 @@ async fn typing_goes_out_before_the_answer() {
     let typing = kinds.iter().position(|k| *k == "typing").unwrap();
     let delivery = kinds.iter().position(|k| *k == "delivery").unwrap();
     assert!(typing < delivery, "{kinds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_with_paragraphs_is_sent_as_several_messages_in_order() {
+    let mut h = Harness::new().await;
+    let mut t = tenant("loja");
+    t.settings.greeting = "Olá!\n\nSou a assistente da Loja.\n\nComo posso ajudar?".into();
+    h.directory.upsert(t, None);
+    h.customer("loja", ALICE, "oi").await;
+    run_for(10.0).await;
+    assert_eq!(
+        h.sent_to(ALICE),
+        ["Olá!", "Sou a assistente da Loja.", "Como posso ajudar?"]
+    );
+    let history = h
+        .store
+        .history(&tid("loja"), &c(ALICE), 10, None, Timestamp(T0 + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|m| m.direction == Direction::Out)
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_burst_is_paced_to_its_outbound_rate() {
+    let mut h = Harness::new().await;
+    let mut t = tenant("loja");
+    t.settings.outbound_rate_per_sec = 2.0;
+    t.settings.typing_ms_per_char = 0;
+    h.directory.upsert(t.clone(), None);
+    let contacts: Vec<String> = (0..6).map(|i| format!("55119000000{i:02}")).collect();
+    for contact in &contacts {
+        h.customer("loja", contact, "qual o horário de funcionamento?")
+            .await;
+    }
+    run_for(1.55).await;
+    run_for(1.0).await;
+    let early = h.provider.sent().len();
+    assert!(
+        (2..=3).contains(&early),
+        "{early} sent in the first second at 2 per second"
+    );
+    run_for(5.0).await;
+    assert_eq!(h.provider.sent().len(), 6);
 }

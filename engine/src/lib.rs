@@ -16,6 +16,8 @@
 //! - [`knowledge`]: chunking the tenant's knowledge and lexical retrieval with a confidence in [0,1].
 //! - [`smalltalk`]: greetings, thanks and goodbyes.
 //! - [`turn`]: the turn decision (answer, small talk, hand off, stay silent).
+//! - [`prompt`]: the LLM prompt of a turn (grounding, tone, memory, token budget).
+//! - [`sending`]: answers split into messages, typing pauses.
 //! - [`events`]: what dashboards are told.
 //! - [`ports`]: the traits for storage, providers and event publication.
 //!
@@ -31,6 +33,8 @@ pub mod knowledge;
 pub mod memory;
 pub mod message;
 pub mod ports;
+pub mod prompt;
+pub mod sending;
 pub mod smalltalk;
 pub mod tenant;
 pub mod text;

@@ -205,6 +205,38 @@ pub trait ProviderFactory: Send + Sync + Debug {
     fn provider(&self, tenant: &Tenant) -> Arc<dyn Provider>;
 }
 
+/// An answer from the language model.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LlmAnswer {
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LlmError {
+    /// Every attempt failed (timeouts, 429, 5xx, malformed answers).
+    #[error("the language model failed: {0}")]
+    Failed(String),
+    /// The circuit breaker is open: the endpoint failed too often recently.
+    #[error("the language model is unavailable (circuit open)")]
+    CircuitOpen,
+    /// An empty or refused completion.
+    #[error("the language model gave no usable answer: {0}")]
+    Empty(String),
+}
+
+/// A chat-completion endpoint. Implementations bound every call (timeouts, retries, breaker).
+#[async_trait]
+pub trait Llm: Send + Sync + Debug {
+    /// `tenant` labels usage and cost.
+    async fn complete(
+        &self,
+        tenant: &TenantId,
+        request: &crate::prompt::LlmRequest,
+    ) -> Result<LlmAnswer, LlmError>;
+}
+
 /// Where dashboard events go. Must not block: implementations queue or drop, never wait.
 pub trait EventSink: Send + Sync + Debug {
     fn publish(&self, tenant: &TenantId, contact: &ContactId, at: Timestamp, body: EventBody);

@@ -182,6 +182,14 @@ pub struct TenantSettings {
     pub max_turn_messages: usize,
     /// A turn is cut at this many characters.
     pub max_turn_chars: usize,
+    /// Send each paragraph of an answer as its own message.
+    pub split_paragraphs: bool,
+    /// "Typing…" shows this long per character before each message…
+    pub typing_ms_per_char: u64,
+    /// …but never longer than this.
+    pub typing_max_ms: u64,
+    /// Outbound messages per second for the whole tenant (the provider's limit), queued in order.
+    pub outbound_rate_per_sec: f64,
 }
 
 impl Default for TenantSettings {
@@ -205,6 +213,10 @@ impl Default for TenantSettings {
             handoff_keywords: vec!["atendente".into(), "humano".into()],
             max_turn_messages: 50,
             max_turn_chars: 4000,
+            split_paragraphs: true,
+            typing_ms_per_char: 15,
+            typing_max_ms: 2000,
+            outbound_rate_per_sec: 20.0,
         }
     }
 }
@@ -303,6 +315,22 @@ impl TenantSettings {
             (100..=50_000).contains(&self.max_turn_chars),
             "max_turn_chars",
             "must be between 100 and 50000",
+        )?;
+        check(
+            self.typing_ms_per_char <= 200,
+            "typing_ms_per_char",
+            "must be between 0 and 200",
+        )?;
+        check(
+            self.typing_max_ms <= 10_000,
+            "typing_max_ms",
+            "must be between 0 and 10000",
+        )?;
+        check(
+            self.outbound_rate_per_sec.is_finite()
+                && (0.1..=1000.0).contains(&self.outbound_rate_per_sec),
+            "outbound_rate_per_sec",
+            "must be between 0.1 and 1000",
         )?;
         Ok(())
     }

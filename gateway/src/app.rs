@@ -16,7 +16,8 @@ use engine::TenantId;
 use engine::ports::Store;
 use prometheus::Registry;
 
-use crate::api::{admin, ops, tenant, webhooks};
+use crate::api::{admin, ops, stream, tenant, webhooks};
+use crate::console;
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::metrics::GatewayMetrics;
@@ -153,6 +154,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/webhooks/evolution/{tenant}", post(webhooks::evolution))
+        .route("/webhooks/waha/{tenant}", post(webhooks::waha))
+        .route(
+            "/webhooks/meta/{tenant}",
+            get(webhooks::meta_verify).post(webhooks::meta),
+        )
         .route("/api/v1/tenants", post(admin::create).get(admin::list))
         .route(
             "/api/v1/tenants/{id}",
@@ -188,6 +194,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/contacts/{contact}",
             axum::routing::delete(tenant::erase_contact),
         )
+        .route(
+            "/api/v1/conversations/{contact}/last-prompt",
+            get(tenant::last_prompt),
+        )
+        .route("/api/v1/stream", get(stream::stream))
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .layer(axum::extract::DefaultBodyLimit::disable())

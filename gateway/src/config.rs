@@ -89,6 +89,20 @@ pub struct Config {
     /// Base URL of the OpenAI-compatible endpoint.
     #[arg(long, env = "OPENAI_BASE_URL", global = true)]
     pub openai_base_url: Option<String>,
+    /// Timeout of each LLM attempt.
+    #[arg(long, env = "CONVERSA_LLM_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub llm_timeout: Duration,
+    /// Attempts per LLM call (timeouts, 429 and 5xx are retried with backoff).
+    #[arg(
+        long,
+        env = "CONVERSA_LLM_ATTEMPTS",
+        default_value_t = 3,
+        global = true
+    )]
+    pub llm_attempts: u32,
+    /// Model prices for cost metrics, JSON: `{"gpt-4o-mini":{"input":0.00015,"output":0.0006}}` (USD per 1,000 tokens).
+    #[arg(long, env = "CONVERSA_LLM_PRICES", default_value = "{}", global = true)]
+    pub llm_prices: String,
     /// A conversation actor with no activity for this many seconds is stopped.
     #[arg(long, env = "CONVERSA_IDLE_SECS", default_value_t = 600, global = true)]
     pub idle_secs: u64,
@@ -115,6 +129,46 @@ pub struct Config {
     /// How long a graceful shutdown may take.
     #[arg(long, env = "CONVERSA_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
+    /// Dashboard events each tenant keeps for `?since=` resync (most recent first out).
+    #[arg(
+        long,
+        env = "CONVERSA_STREAM_RETENTION_EVENTS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub stream_retention_events: usize,
+    /// Seconds a dashboard event is kept for `?since=` resync.
+    #[arg(
+        long,
+        env = "CONVERSA_STREAM_RETENTION_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub stream_retention_secs: u64,
+    /// Events a dashboard may fall behind before it is told to resync and closed.
+    #[arg(
+        long,
+        env = "CONVERSA_STREAM_CLIENT_QUEUE",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub stream_client_queue: usize,
+    /// Seconds between keep-alive pings to dashboards.
+    #[arg(
+        long,
+        env = "CONVERSA_STREAM_PING_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub stream_ping_secs: u64,
+    /// A dashboard that sends nothing, not even a pong, for this many seconds is closed.
+    #[arg(
+        long,
+        env = "CONVERSA_STREAM_IDLE_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub stream_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,6 +192,8 @@ impl std::fmt::Debug for Config {
                 &self.openai_api_key.as_ref().map(|_| "<set>"),
             )
             .field("openai_base_url", &self.openai_base_url)
+            .field("llm_timeout", &self.llm_timeout)
+            .field("llm_attempts", &self.llm_attempts)
             .field("idle_secs", &self.idle_secs)
             .field("log", &self.log)
             .field("log_format", &self.log_format)
@@ -145,6 +201,11 @@ impl std::fmt::Debug for Config {
             .field("provider_timeout", &self.provider_timeout)
             .field("deadline_scan", &self.deadline_scan)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("stream_retention_events", &self.stream_retention_events)
+            .field("stream_retention_secs", &self.stream_retention_secs)
+            .field("stream_client_queue", &self.stream_client_queue)
+            .field("stream_ping_secs", &self.stream_ping_secs)
+            .field("stream_idle_secs", &self.stream_idle_secs)
             .finish()
     }
 }
@@ -161,9 +222,49 @@ impl Config {
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err("CONVERSA_ADMIN_TOKEN must be at least 16 characters".into());
         }
+        if self.stream_retention_events == 0
+            || self.stream_retention_secs == 0
+            || self.stream_client_queue == 0
+            || self.stream_ping_secs == 0
+        {
+            return Err("CONVERSA_STREAM_* settings must be at least 1".into());
+        }
+        if self.stream_idle_secs <= self.stream_ping_secs {
+            return Err(
+                "CONVERSA_STREAM_IDLE_SECS must be more than CONVERSA_STREAM_PING_SECS".into(),
+            );
+        }
+        if self.llm_attempts == 0 || self.llm_attempts > 10 {
+            return Err("CONVERSA_LLM_ATTEMPTS must be between 1 and 10".into());
+        }
+        self.prices()?;
         serde_json::from_str::<serde_json::Value>(&self.scylla_replication)
             .map_err(|e| format!("CONVERSA_SCYLLA_REPLICATION is not JSON: {e}"))?;
         Ok(())
+    }
+
+    /// Parsed `CONVERSA_LLM_PRICES`.
+    pub fn prices(&self) -> Result<std::collections::HashMap<String, crate::llm::Price>, String> {
+        serde_json::from_str(&self.llm_prices)
+            .map_err(|e| format!("CONVERSA_LLM_PRICES is not valid: {e}"))
+    }
+
+    /// The LLM settings, when an API key is configured.
+    pub fn llm(&self) -> Option<crate::llm::LlmSettings> {
+        let api_key = self.openai_api_key.clone()?;
+        Some(crate::llm::LlmSettings {
+            base_url: self
+                .openai_base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            api_key,
+            timeout: self.llm_timeout,
+            attempts: self.llm_attempts,
+            backoff_base: Duration::from_millis(500),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            prices: self.prices().unwrap_or_default(),
+        })
     }
 
     /// A configuration for tests: loopback on a free port, the given data directory.

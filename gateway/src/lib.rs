@@ -5,13 +5,18 @@
 //! - [`app`]: the shared state and the router; [`api`]: the handlers.
 //! - [`providers`]: provider webhooks parsed into one normalised model, and provider clients.
 //! - [`events`]: the dashboard event hub (sequence numbers, resync window, fan-out).
-//! - [`metrics`], [`telemetry`], [`error`], [`shutdown`], [`util`].
+//! - [`llm`]: the OpenAI-compatible client (timeouts, retries, circuit breaker, usage and cost).
+//! - [`console`]: the operator console's static files, embedded.
+//! - [`metrics`] (and [`instrumented_store`], store call timings), [`telemetry`], [`error`], [`shutdown`], [`util`].
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
+pub mod instrumented_store;
+pub mod llm;
 pub mod metrics;
 pub mod outbound;
 pub mod providers;

@@ -1,14 +1,15 @@
-//! Builds each tenant's provider client from its configuration.
+//! Builds each tenant's provider client from its configuration: Evolution, WAHA or Meta's Cloud
+//! API, all sharing one HTTP client (one connection pool) and one retry policy.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use engine::ContactId;
-use engine::ports::{Provider, ProviderFactory, SendError, SendReceipt};
+use engine::ports::{Provider, ProviderFactory};
 use engine::tenant::{ProviderConfig, Tenant};
 
 use crate::providers::RetryPolicy;
 use crate::providers::evolution::EvolutionClient;
+use crate::providers::meta::MetaClient;
+use crate::providers::waha::WahaClient;
 
 #[derive(Debug, Clone)]
 pub struct HttpProviderFactory {
@@ -37,30 +38,34 @@ impl ProviderFactory for HttpProviderFactory {
                 api_key,
                 self.retry,
             )),
-            other => Arc::new(NotYetSupported(other.kind())),
+            ProviderConfig::Waha {
+                base_url,
+                session,
+                api_key,
+                ..
+            } => Arc::new(WahaClient::new(
+                self.http.clone(),
+                &tenant.id,
+                base_url,
+                session,
+                api_key,
+                self.retry,
+            )),
+            ProviderConfig::Meta {
+                graph_url,
+                api_version,
+                phone_number_id,
+                access_token,
+                ..
+            } => Arc::new(MetaClient::new(
+                self.http.clone(),
+                &tenant.id,
+                graph_url.as_deref(),
+                api_version.as_deref(),
+                phone_number_id,
+                access_token,
+                self.retry,
+            )),
         }
-    }
-}
-
-/// A provider kind whose client is not built yet: every send fails for good, visibly.
-#[derive(Debug)]
-struct NotYetSupported(&'static str);
-
-#[async_trait]
-impl Provider for NotYetSupported {
-    fn kind(&self) -> &'static str {
-        self.0
-    }
-
-    async fn send_text(&self, _to: &ContactId, _text: &str) -> Result<SendReceipt, SendError> {
-        Err(SendError {
-            retryable: false,
-            status: None,
-            message: format!("sending through {} is not supported yet", self.0),
-        })
-    }
-
-    async fn typing(&self, _to: &ContactId, _on: bool) -> Result<(), SendError> {
-        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{AppState, router};
 use crate::config::Config;
-use crate::events::{EventHub, Retention};
+use crate::events::{EventHub, StreamSettings};
 use crate::metrics::GatewayMetrics;
 use crate::outbound::HttpProviderFactory;
 use crate::providers::{RetryPolicy, shared_http_client};
@@ -76,6 +76,7 @@ async fn serve(
     let served = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         stopping.stop_accepting();
+        stopping.hub.close_streams();
         tracing::info!("shutting down: no longer accepting webhooks");
     });
     served.await.context("server error")?;
@@ -104,7 +105,9 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
     );
     let registry = Registry::new();
     let gateway_metrics = GatewayMetrics::new(&registry)?;
+    let store = crate::instrumented_store::InstrumentedStore::wrap(store, &gateway_metrics);
     let actor_metrics = Arc::new(ActorMetrics::new(&registry)?);
+    crate::providers::AttentionBoard::register(&registry);
     #[cfg(target_os = "linux")]
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
@@ -124,8 +127,21 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
     }
     tracing::info!(tenants = directory.len(), "tenants loaded");
 
+    let llm: Option<Arc<dyn engine::ports::Llm>> = match config.llm() {
+        Some(settings) => {
+            tracing::info!(base_url = %settings.base_url, "answers come from the language model");
+            Some(Arc::new(crate::llm::OpenAiLlm::new(
+                settings,
+                crate::llm::LlmMetrics::new(&registry)?,
+            )))
+        }
+        None => {
+            tracing::info!("no OPENAI_API_KEY: answers are extractive");
+            None
+        }
+    };
     let hub = Arc::new(EventHub::new(
-        Retention::default(),
+        StreamSettings::from_config(config),
         gateway_metrics.events_published.clone(),
     ));
     let clock = Clock::System;
@@ -141,6 +157,8 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
         clock,
         policy,
         metrics: actor_metrics.clone(),
+        llm,
+        prompts: actors::prompts::PromptLog::default(),
     };
     let engine = actors::start(deps).await?;
     let admin_token = match &config.admin_token {
@@ -189,6 +207,7 @@ async fn refresh_gauges(state: AppState) {
             }
             Err(e) => tracing::warn!(error = %e, "conversation counts unavailable"),
         }
+        crate::metrics::refresh_handoff_age(&state).await;
         tokio::time::sleep(Duration::from_secs(15)).await;
     }
 }

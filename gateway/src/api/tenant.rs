@@ -280,3 +280,20 @@ pub async fn erase_contact(
     tracing::info!(tenant = %rt.tenant.id, "contact erased");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The exact prompt of the conversation's last LLM turn (debug).
+pub async fn last_prompt(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
+    let prompt = app
+        .engine
+        .last_prompt(&rt.tenant.id, &contact(&raw)?)
+        .ok_or_else(|| {
+            ApiError::not_found("no LLM prompt recorded for this conversation recently")
+        })?;
+    Ok(Json(serde_json::to_value(&*prompt).unwrap_or(Value::Null)))
+}

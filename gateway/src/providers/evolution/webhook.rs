@@ -52,7 +52,7 @@ const CONTENT: [(&str, MessageKind, &[&str]); 16] = [
     ),
     ("audioMessage", MessageKind::Audio, &[]),
     ("stickerMessage", MessageKind::Sticker, &[]),
-    ("reactionMessage", MessageKind::Reaction, &[]),
+    ("reactionMessage", MessageKind::Reaction, &["text"]),
     ("locationMessage", MessageKind::Location, &[]),
     ("liveLocationMessage", MessageKind::Location, &[]),
     ("contactMessage", MessageKind::Contact, &[]),
@@ -93,6 +93,8 @@ pub fn parse(body: &[u8]) -> Result<Vec<ProviderEvent>, ParseError> {
             .map(|_| ProviderEvent::Ignored(IgnoreReason::OwnEcho))
             .collect()),
         "messages.update" => Ok(items(data, &event)?.into_iter().map(parse_update).collect()),
+        "messages.edited" => Ok(amendments(data, &event, parse_edited)),
+        "messages.delete" => Ok(amendments(data, &event, parse_deleted)),
         "connection.update" => parse_connection(data).map(|connection| vec![connection]),
         _ => Ok(vec![ProviderEvent::Ignored(IgnoreReason::UnsupportedEvent)]),
     }
@@ -147,7 +149,15 @@ fn parse_upsert(item: &Value) -> ProviderEvent {
         .map(str::trim)
         .filter(|name| !from_me && !name.is_empty())
         .map(str::to_owned);
-    let (kind, text) = match item.get("message").and_then(Value::as_object) {
+    let message = item.get("message").and_then(Value::as_object);
+    // A revocation or an edit arrives as a protocol message about another message.
+    if let Some(protocol) =
+        message.and_then(|message| unwrap_containers(message).get("protocolMessage"))
+        && let Some(amendment) = protocol_amendment(protocol, &contact, from_me)
+    {
+        return amendment;
+    }
+    let (kind, text) = match message {
         Some(message) => content(message),
         None => (MessageKind::Unsupported, String::new()),
     };
@@ -161,6 +171,119 @@ fn parse_upsert(item: &Value) -> ProviderEvent {
         text,
         at: Timestamp::from_secs(unix_seconds(item.get("messageTimestamp"))),
     })
+}
+
+/// The records of `messages.edited` / `messages.delete`, each through `parse_record`; a `data` that
+/// is neither an object nor an array is ignored rather than refused (nothing depends on it).
+fn amendments(
+    data: Option<&Value>,
+    event: &str,
+    parse_record: fn(&Value) -> ProviderEvent,
+) -> Vec<ProviderEvent> {
+    match items(data, event) {
+        Ok(records) => records.into_iter().map(parse_record).collect(),
+        Err(_) => vec![malformed("amendment without `data` object")],
+    }
+}
+
+/// `protocolMessage` of type `REVOKE` (0) or `MESSAGE_EDIT` (14) naming the message it changes
+/// in `key.id`; anything else is not an amendment.
+fn protocol_amendment(
+    protocol: &Value,
+    contact: &ContactId,
+    from_me: bool,
+) -> Option<ProviderEvent> {
+    let original_id = protocol
+        .get("key")
+        .and_then(|key| str_field(key, "id"))
+        .filter(|id| !id.is_empty())?
+        .to_owned();
+    let kind = match protocol.get("type") {
+        Some(Value::Number(number)) => number.as_i64(),
+        Some(Value::String(name)) => match name.as_str() {
+            "REVOKE" => Some(0),
+            "MESSAGE_EDIT" => Some(14),
+            _ => None,
+        },
+        _ => None,
+    };
+    match kind {
+        Some(0) => Some(ProviderEvent::Revoke {
+            contact: contact.clone(),
+            original_id,
+            from_me,
+        }),
+        Some(14) => Some(ProviderEvent::Edit {
+            contact: contact.clone(),
+            original_id,
+            from_me,
+            text: protocol
+                .get("editedMessage")
+                .and_then(Value::as_object)
+                .map(|edited| content(edited).1)
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
+
+/// The chat and author of a key `{remoteJid, remoteJidAlt?, fromMe, id}`, or the event it is instead.
+fn key_chat(key: &Value) -> Result<(ContactId, bool), ProviderEvent> {
+    let Some(remote_jid) = str_field(key, "remoteJid") else {
+        return Err(malformed("key without `remoteJid`"));
+    };
+    let contact =
+        chat_contact(remote_jid, str_field(key, "remoteJidAlt")).map_err(ProviderEvent::Ignored)?;
+    Ok((
+        contact,
+        key.get("fromMe").and_then(Value::as_bool) == Some(true),
+    ))
+}
+
+/// `messages.edited`: the raw protocol message `{key, type, editedMessage, timestampMs}` whose
+/// `key` is the edited message (also accepted wrapped as `{protocolMessage: …}`).
+fn parse_edited(item: &Value) -> ProviderEvent {
+    let protocol = item.get("protocolMessage").unwrap_or(item);
+    let Some(key) = protocol.get("key").filter(|key| key.is_object()) else {
+        return malformed("edit without `key`");
+    };
+    let (contact, from_me) = match key_chat(key) {
+        Ok(chat) => chat,
+        Err(event) => return event,
+    };
+    let Some(original_id) = str_field(key, "id").filter(|id| !id.is_empty()) else {
+        return malformed("edit without `key.id`");
+    };
+    ProviderEvent::Edit {
+        contact,
+        original_id: original_id.to_owned(),
+        from_me,
+        text: protocol
+            .get("editedMessage")
+            .and_then(Value::as_object)
+            .map(|edited| content(edited).1)
+            .unwrap_or_default(),
+    }
+}
+
+/// `messages.delete`: the key of the deleted message (`data` itself, or `data.key`).
+fn parse_deleted(item: &Value) -> ProviderEvent {
+    let key = item
+        .get("key")
+        .filter(|key| key.is_object())
+        .unwrap_or(item);
+    let (contact, from_me) = match key_chat(key) {
+        Ok(chat) => chat,
+        Err(event) => return event,
+    };
+    let Some(original_id) = str_field(key, "id").filter(|id| !id.is_empty()) else {
+        return malformed("deletion without `key.id`");
+    };
+    ProviderEvent::Revoke {
+        contact,
+        original_id: original_id.to_owned(),
+        from_me,
+    }
 }
 
 /// The person a chat id designates, or why the chat is not a one-to-one chat with a phone number.
@@ -691,8 +814,14 @@ mod tests {
             Sticker,
             "",
         );
+        // The emoji, as WAHA and Meta give it; a removed reaction has none.
         check_content(
             json!({ "reactionMessage": { "key": { "id": "X" }, "text": "👍" } }),
+            Reaction,
+            "👍",
+        );
+        check_content(
+            json!({ "reactionMessage": { "key": { "id": "X" }, "text": "" } }),
             Reaction,
             "",
         );
@@ -1053,6 +1182,103 @@ mod tests {
                 state: "refused".to_owned(),
                 reason: Some("428".to_owned())
             }]
+        );
+    }
+
+    #[test]
+    fn edits_and_revocations_name_the_original_message() {
+        let maria = ContactId::parse(MARIA).unwrap();
+        let edit = |from_me: bool, text: &str| ProviderEvent::Edit {
+            contact: maria.clone(),
+            original_id: "ORIG1".to_owned(),
+            from_me,
+            text: text.to_owned(),
+        };
+        let revoke = |from_me: bool| ProviderEvent::Revoke {
+            contact: maria.clone(),
+            original_id: "ORIG1".to_owned(),
+            from_me,
+        };
+        let event = |name: &str, data: Value| {
+            parse(&serde_json::to_vec(&json!({ "event": name, "data": data })).unwrap()).unwrap()
+        };
+        // `messages.edited`: the raw protocol message, enum and timestamp as strings.
+        assert_eq!(
+            event(
+                "messages.edited",
+                json!({
+                    "key": { "remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "ORIG1" },
+                    "type": "MESSAGE_EDIT",
+                    "editedMessage": { "conversation": "Oi, abrem amanhã cedo?" },
+                    "timestampMs": "1749562900000"
+                })
+            ),
+            vec![edit(false, "Oi, abrem amanhã cedo?")]
+        );
+        assert_eq!(
+            event(
+                "MESSAGES_EDITED",
+                json!({ "protocolMessage": {
+                    "key": { "remoteJid": "5511999999999@s.whatsapp.net", "fromMe": true, "id": "ORIG1" },
+                    "editedMessage": { "imageMessage": { "caption": "nova legenda" } }
+                } })
+            ),
+            vec![edit(true, "nova legenda")]
+        );
+        assert_eq!(
+            event(
+                "messages.edited",
+                json!({ "key": { "remoteJid": "120363025246125486@g.us", "id": "X" } })
+            ),
+            ignored(IgnoreReason::Group)
+        );
+        assert_eq!(
+            event("messages.edited", json!(7)),
+            ignored(IgnoreReason::UnsupportedEvent)
+        );
+        // `messages.delete`: the deleted message's key.
+        assert_eq!(
+            event(
+                "messages.delete",
+                json!({ "remoteJid": "5511999999999@s.whatsapp.net", "fromMe": false, "id": "ORIG1" })
+            ),
+            vec![revoke(false)]
+        );
+        assert_eq!(
+            event(
+                "messages.delete",
+                json!({ "key": { "remoteJid": "5511999999999@s.whatsapp.net", "id": "" } })
+            ),
+            ignored(IgnoreReason::UnsupportedEvent)
+        );
+        // A protocol message inside an upsert: revoke (0) or edit (14) of `key.id`.
+        let protocol = |protocol: Value| {
+            parse(&upsert(
+                maria_key("P1"),
+                json!({ "protocolMessage": protocol }),
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            protocol(json!({ "type": 0, "key": { "id": "ORIG1" } })),
+            vec![revoke(false)]
+        );
+        assert_eq!(
+            protocol(json!({ "type": "REVOKE", "key": { "id": "ORIG1" } })),
+            vec![revoke(false)]
+        );
+        assert_eq!(
+            protocol(json!({ "type": 14, "key": { "id": "ORIG1" },
+                             "editedMessage": { "extendedTextMessage": { "text": "corrigido" } } })),
+            vec![edit(false, "corrigido")]
+        );
+        assert_eq!(
+            parse(&upsert(
+                maria_key("P2"),
+                json!({ "ephemeralMessage": { "message": { "protocolMessage": { "type": 0, "key": { "id": "ORIG1" } } } } })
+            ))
+            .unwrap(),
+            vec![revoke(false)]
         );
     }
 }
