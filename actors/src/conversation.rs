@@ -60,6 +60,8 @@ pub enum Command {
     },
     /// A human-timeout deadline passed (from the deadline scanner).
     HumanTimeout,
+    /// The provider says a human must take over (WhatsApp's 24-hour window closed).
+    FlagForHuman(Reason),
     /// A serialisable view of the actor's state.
     Snapshot(RpcReplyPort<ConversationSnapshot>),
     /// Panics inside the handler: lets tests prove that supervision restarts the actor.
@@ -98,7 +100,8 @@ pub struct Tag {
 struct InFlight {
     id: u64,
     fragments: Vec<Fragment<Tag>>,
-    started: std::time::Instant,
+    /// Engine time spent on the turn before the LLM call.
+    engine_before_llm: Duration,
 }
 
 /// How a turn ends.
@@ -267,6 +270,11 @@ impl ConversationActor {
                 );
             }
             Command::HumanTimeout => self.on_human_timeout(state).await,
+            Command::FlagForHuman(reason) => {
+                if let Err(e) = self.change_state(state, reason, Vec::new()).await {
+                    warn!(error = %e, %reason, "conversation not flagged for a human");
+                }
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(ConversationSnapshot {
                     conversation: state.conv.clone(),
@@ -433,10 +441,12 @@ impl ConversationActor {
         );
         let settings = rt.tenant.settings.clone();
         let name = rt.tenant.name.clone();
+        // The LLM's time is measured by its own metric; the turn's engine time excludes it.
+        let engine_before_llm = started.elapsed();
         state.in_flight = Some(InFlight {
             id,
             fragments,
-            started,
+            engine_before_llm,
         });
         tokio::spawn(
             async move {
@@ -492,14 +502,12 @@ impl ConversationActor {
                 }
             }
         };
-        self.finish_turn(
-            myself,
-            state,
-            in_flight.fragments,
-            in_flight.started,
-            resolution,
-        )
-        .await;
+        // Engine time resumes now, on top of what it spent before the call.
+        let started = std::time::Instant::now()
+            .checked_sub(in_flight.engine_before_llm)
+            .unwrap_or_else(std::time::Instant::now);
+        self.finish_turn(myself, state, in_flight.fragments, started, resolution)
+            .await;
         // Messages that arrived meanwhile form the next turn.
         if !state.buffer.is_empty() && state.in_flight.is_none() {
             self.flush_if_due(myself, state).await;
@@ -519,6 +527,8 @@ impl ConversationActor {
         let now = self.deps.clock.now();
         let first_at = fragments.first().map(|f| f.at).unwrap_or(now);
         let consumed: Vec<u64> = fragments.iter().map(|f| f.tag.seq).collect();
+        // A turn is identified in logs by the inbox sequence number of its first message.
+        let turn = consumed.first().copied();
         let settings = self
             .deps
             .directory
@@ -573,7 +583,7 @@ impl ConversationActor {
                     .observe(now.millis_since(first_at) as f64 / 1000.0);
                 m.turn_engine_seconds
                     .observe(started.elapsed().as_secs_f64());
-                info!(outcome, messages = fragments.len(), "turn decided");
+                info!(outcome, turn, messages = fragments.len(), "turn decided");
                 self.publish_change(state, &outbound, transition);
                 self.enqueue(state, items);
             }

@@ -111,6 +111,15 @@ impl EngineHandle {
         });
     }
 
+    /// Hands a conversation to a human because the provider requires it (fire and forget).
+    pub fn flag_for_human(&self, tenant: &TenantId, contact: &ContactId, reason: engine::Reason) {
+        let _ = self.root.cast(RootMsg::Route {
+            tenant: tenant.clone(),
+            contact: contact.clone(),
+            command: Command::FlagForHuman(reason),
+        });
+    }
+
     /// Asks a conversation to check its human-timeout deadline.
     pub fn human_timeout(&self, tenant: &TenantId, contact: &ContactId) {
         let _ = self.root.cast(RootMsg::Route {

@@ -71,10 +71,13 @@ pub enum Reason {
     HumanTimeout,
     OperatorRelease,
     LlmFailure,
+    /// The provider refuses free-form answers (WhatsApp's 24-hour customer service window is
+    /// closed): a human has to take it from here, with a template or once the customer writes.
+    OutsideWindow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Self::LowConfidence,
         Self::HandoffKeyword,
         Self::OperatorTakeover,
@@ -83,6 +86,7 @@ impl Reason {
         Self::HumanTimeout,
         Self::OperatorRelease,
         Self::LlmFailure,
+        Self::OutsideWindow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Reason {
             Self::HumanTimeout => "human_timeout",
             Self::OperatorRelease => "operator_release",
             Self::LlmFailure => "llm_failure",
+            Self::OutsideWindow => "outside_window",
         }
     }
 
@@ -142,10 +147,12 @@ pub fn transition(from: ConversationState, reason: Reason) -> Outcome {
     use ConversationState::*;
     use Reason::*;
     let to = match (from, reason) {
-        (IaAtiva, LowConfidence | HandoffKeyword | LlmFailure | OperatorTakeover) => {
-            AguardandoHumano
-        }
+        (
+            IaAtiva,
+            LowConfidence | HandoffKeyword | LlmFailure | OperatorTakeover | OutsideWindow,
+        ) => AguardandoHumano,
         (_, LowConfidence | HandoffKeyword | LlmFailure) => return Outcome::Invalid,
+        (AguardandoHumano | HumanoRespondeu, OutsideWindow) => return Outcome::Stay,
         (AguardandoHumano | HumanoRespondeu, OperatorTakeover) => return Outcome::Stay,
         (_, HumanReply | PhoneReply) => HumanoRespondeu,
         (AguardandoHumano | HumanoRespondeu, HumanTimeout | OperatorRelease) => IaAtiva,
@@ -247,6 +254,7 @@ mod tests {
         check(IaAtiva, LowConfidence, Some(AguardandoHumano));
         check(IaAtiva, HandoffKeyword, Some(AguardandoHumano));
         check(IaAtiva, LlmFailure, Some(AguardandoHumano));
+        check(IaAtiva, OutsideWindow, Some(AguardandoHumano));
         check(IaAtiva, OperatorTakeover, Some(AguardandoHumano));
         check(IaAtiva, HumanReply, Some(HumanoRespondeu));
         check(IaAtiva, PhoneReply, Some(HumanoRespondeu));
@@ -257,6 +265,7 @@ mod tests {
             check(human, LowConfidence, None);
             check(human, HandoffKeyword, None);
             check(human, LlmFailure, None);
+            check(human, OutsideWindow, Some(human));
             check(human, OperatorTakeover, Some(human));
             check(human, HumanReply, Some(HumanoRespondeu));
             check(human, PhoneReply, Some(HumanoRespondeu));

@@ -2,6 +2,7 @@
 //! stream, provider webhooks.
 
 pub mod admin;
+pub mod auth;
 pub mod ops;
 pub mod stream;
 pub mod tenant;

@@ -42,6 +42,8 @@ pub struct Inner {
     pub accepting: AtomicBool,
     /// API key hash → tenant.
     api_keys: RwLock<HashMap<String, TenantId>>,
+    /// The Redis hot state, when `CONVERSA_REDIS_URL` is set (set once, right after building).
+    pub hot: std::sync::OnceLock<crate::hot::Hot>,
 }
 
 impl std::ops::Deref for AppState {
@@ -78,6 +80,7 @@ impl AppState {
             clock,
             accepting: AtomicBool::new(true),
             api_keys: RwLock::new(HashMap::new()),
+            hot: std::sync::OnceLock::new(),
         }));
         state.reindex_api_keys();
         state
@@ -128,6 +131,7 @@ impl AppState {
             .get(&hash)
             .cloned()
             .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+        tracing::Span::current().record("tenant", id.as_str());
         self.directory
             .get(&id)
             .ok_or_else(|| ApiError::unauthorized("invalid API key"))
@@ -217,7 +221,16 @@ async fn track_http(State(state): State<AppState>, request: Request, next: Next)
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let response = next.run(request).await;
+    // Every log line of the request carries its id, route and (once known) tenant.
+    let request_id = uuid::Uuid::now_v7();
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        method = %method,
+        route = %route,
+        tenant = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     state
         .metrics
         .http_seconds

@@ -75,6 +75,31 @@ pub struct Config {
         global = true
     )]
     pub scylla_replication: String,
+    /// Consistency level of every ScyllaDB request (`LOCAL_QUORUM`, `QUORUM`, `ONE`, …).
+    #[arg(
+        long,
+        env = "CONVERSA_SCYLLA_CONSISTENCY",
+        default_value = "LOCAL_QUORUM",
+        global = true
+    )]
+    pub scylla_consistency: String,
+    /// The local ScyllaDB datacenter: its replicas are preferred and requests never leave it.
+    #[arg(long, env = "CONVERSA_SCYLLA_LOCAL_DC", global = true)]
+    pub scylla_local_dc: Option<String>,
+    /// Timeout of one ScyllaDB request (retries included) and of opening a connection.
+    #[arg(long, env = "CONVERSA_SCYLLA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub scylla_timeout: Duration,
+    /// ScyllaDB user, when the cluster authenticates.
+    #[arg(long, env = "CONVERSA_SCYLLA_USER", global = true)]
+    pub scylla_user: Option<String>,
+    /// ScyllaDB password. Never logged.
+    #[arg(
+        long,
+        env = "CONVERSA_SCYLLA_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub scylla_password: Option<String>,
     /// `redis://…`; when set, Redis holds the shared hot state.
     #[arg(
         long,
@@ -83,6 +108,20 @@ pub struct Config {
         global = true
     )]
     pub redis_url: Option<String>,
+    /// Most connections in the Redis pool.
+    #[arg(
+        long,
+        env = "CONVERSA_REDIS_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
+    pub redis_pool_size: u32,
+    /// Timeout of one Redis command (and of getting a pooled connection).
+    #[arg(long, env = "CONVERSA_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_timeout: Duration,
+    /// Messages per second each tenant may send through its webhooks (needs Redis); 0: no limit.
+    #[arg(long, env = "CONVERSA_TENANT_RATE", default_value_t = 0, global = true)]
+    pub tenant_rate: u64,
     /// API key of the OpenAI-compatible endpoint; without it the assistant answers extractively.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, global = true)]
     pub openai_api_key: Option<String>,
@@ -186,7 +225,18 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("scylla_nodes", &self.scylla_nodes)
             .field("scylla_keyspace", &self.scylla_keyspace)
+            .field("scylla_consistency", &self.scylla_consistency)
+            .field("scylla_local_dc", &self.scylla_local_dc)
+            .field("scylla_timeout", &self.scylla_timeout)
+            .field("scylla_user", &self.scylla_user)
+            .field(
+                "scylla_password",
+                &self.scylla_password.as_ref().map(|_| "<set>"),
+            )
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("tenant_rate", &self.tenant_rate)
             .field(
                 "openai_api_key",
                 &self.openai_api_key.as_ref().map(|_| "<set>"),
@@ -240,7 +290,45 @@ impl Config {
         self.prices()?;
         serde_json::from_str::<serde_json::Value>(&self.scylla_replication)
             .map_err(|e| format!("CONVERSA_SCYLLA_REPLICATION is not JSON: {e}"))?;
+        if schema::scylla::parse_consistency(&self.scylla_consistency).is_none() {
+            return Err(format!(
+                "CONVERSA_SCYLLA_CONSISTENCY {:?} is not a consistency level (LOCAL_QUORUM, QUORUM, ONE, …)",
+                self.scylla_consistency
+            ));
+        }
+        if self.redis_pool_size == 0 {
+            return Err("CONVERSA_REDIS_POOL_SIZE must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The ScyllaDB store's settings, when `CONVERSA_SCYLLA_NODES` is set.
+    pub fn scylla_settings(&self) -> Option<schema::scylla::ScyllaSettings> {
+        if self.scylla_nodes.is_empty() {
+            return None;
+        }
+        let mut settings = schema::scylla::ScyllaSettings::new(
+            self.scylla_nodes.clone(),
+            self.scylla_keyspace.clone(),
+        );
+        if let Some(consistency) = schema::scylla::parse_consistency(&self.scylla_consistency) {
+            settings.consistency = consistency;
+        }
+        settings.local_datacenter = self.scylla_local_dc.clone();
+        settings.request_timeout = self.scylla_timeout;
+        settings.connect_timeout = self.scylla_timeout;
+        settings.username = self.scylla_user.clone();
+        settings.password = self.scylla_password.clone();
+        Some(settings)
+    }
+
+    /// The Redis settings, when `CONVERSA_REDIS_URL` is set.
+    pub fn redis_settings(&self) -> Option<schema::redis::RedisSettings> {
+        let url = self.redis_url.clone()?;
+        let mut settings = schema::redis::RedisSettings::new(url);
+        settings.pool_size = self.redis_pool_size;
+        settings.timeout = self.redis_timeout;
+        Some(settings)
     }
 
     /// Parsed `CONVERSA_LLM_PRICES`.

@@ -116,6 +116,15 @@ pub struct EventHub {
     settings: StreamSettings,
     published: prometheus::IntCounterVec,
     closing: CancellationToken,
+    /// When set (Redis configured), events are numbered and fanned out by the relay and come back
+    /// through [`EventHub::ingest_remote`]; see [`crate::hot`].
+    relay: std::sync::OnceLock<Arc<dyn EventRelay>>,
+}
+
+/// Where a hub sends its events when they are numbered elsewhere (the Redis fan-out): `rest` is
+/// the event's JSON without its opening brace and without `seq`. Must not block.
+pub trait EventRelay: Send + Sync + std::fmt::Debug {
+    fn relay(&self, tenant: &TenantId, rest: String);
 }
 
 /// What a subscriber gets: the retained events after `since`, then the live stream.
@@ -152,6 +161,45 @@ impl EventHub {
             settings,
             published,
             closing: CancellationToken::new(),
+            relay: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sends every event through `relay` from now on (set once, before any event).
+    pub fn set_relay(&self, relay: Arc<dyn EventRelay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Takes an event numbered by the relay (from any node, this one included). Seqs of a tenant
+    /// arrive in order; one already seen is ignored; a jump (events lost while the subscription
+    /// was down, or the first event this node sees) empties the resync window, so a `since` in
+    /// the gap is told to resync rather than given a stream with a hole.
+    pub fn ingest_remote(&self, tenant: &TenantId, seq: u64, json: String) {
+        let entry = self.tenant(tenant);
+        let mut t = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if seq < t.next_seq {
+            return;
+        }
+        if seq > t.next_seq {
+            t.window.clear();
+        }
+        t.next_seq = seq + 1;
+        let event = Event {
+            seq,
+            json: Utf8Bytes::from(json),
+        };
+        let now = Instant::now();
+        t.window.push_back(Retained {
+            published: now,
+            event: event.clone(),
+        });
+        t.prune(now, &self.settings);
+        if let Some(live) = &t.live {
+            if live.receiver_count() == 0 {
+                t.live = None;
+            } else {
+                let _ = live.send(event);
+            }
         }
     }
 
@@ -174,7 +222,12 @@ impl EventHub {
             .or_insert_with(|| {
                 let floor = self.seq_floor.load(Ordering::SeqCst);
                 Arc::new(Mutex::new(TenantEvents {
-                    next_seq: wall_clock_micros().max(floor),
+                    // With a relay, seqs come from it: start low and take the first one seen.
+                    next_seq: if self.relay.get().is_some() {
+                        1
+                    } else {
+                        wall_clock_micros().max(floor)
+                    },
                     window: VecDeque::new(),
                     live: None,
                 }))
@@ -258,6 +311,11 @@ impl EventSink for EventHub {
             r#""conversation":{conversation},"at":"{}",{fields}"#,
             rfc3339(at)
         );
+        if let Some(relay) = self.relay.get() {
+            relay.relay(tenant, rest);
+            self.published.with_label_values(&[kind]).inc();
+            return;
+        }
         let entry = self.tenant(tenant);
         {
             let mut t = entry.lock().unwrap_or_else(|p| p.into_inner());

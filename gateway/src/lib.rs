@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod events;
+pub mod hot;
 pub mod instrumented_store;
 pub mod llm;
 pub mod metrics;

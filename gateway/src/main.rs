@@ -23,9 +23,7 @@ fn main() {
                 tracing::info!(config = ?cli.config, "starting conversa");
                 gateway::server::run(cli.config, gateway::shutdown::signal()).await
             }
-            Command::Migrate => Err(anyhow::anyhow!(
-                "conversa migrate needs CONVERSA_SCYLLA_NODES and the ScyllaDB store, which this build does not have yet"
-            )),
+            Command::Migrate => gateway::server::migrate(&cli.config).await,
         }
     });
     if let Err(e) = result {

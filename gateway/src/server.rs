@@ -88,21 +88,19 @@ async fn serve(
 
 /// Opens the store, loads the tenants, starts the actor tree.
 async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
-    if !config.scylla_nodes.is_empty() {
-        anyhow::bail!(
-            "CONVERSA_SCYLLA_NODES is set, but the ScyllaDB store is not available in this build yet"
-        );
-    }
-    let store: Arc<dyn Store> = Arc::new(
-        schema::embedded::EmbeddedStore::open(&config.data_dir)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the embedded store in {}",
-                    config.data_dir.display()
-                )
-            })?,
-    );
+    let store: Arc<dyn Store> = match config.scylla_settings() {
+        Some(settings) => open_scylla(settings).await?,
+        None => Arc::new(
+            schema::embedded::EmbeddedStore::open(&config.data_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the embedded store in {}",
+                        config.data_dir.display()
+                    )
+                })?,
+        ),
+    };
     let registry = Registry::new();
     let gateway_metrics = GatewayMetrics::new(&registry)?;
     let store = crate::instrumented_store::InstrumentedStore::wrap(store, &gateway_metrics);
@@ -144,6 +142,24 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
         StreamSettings::from_config(config),
         gateway_metrics.events_published.clone(),
     ));
+    // With Redis, dashboard events go through it (numbered there, seen by every node) from the
+    // first one on, so the relay is in place before the actors replay anything.
+    let hot = match config.redis_settings() {
+        Some(settings) => {
+            let state = schema::redis::HotState::new(settings).map_err(anyhow::Error::msg)?;
+            let hot = crate::hot::Hot {
+                state,
+                tenant_rate: config.tenant_rate,
+            };
+            hot.start_fan_out(&hub, hub.closing());
+            tracing::info!(
+                tenant_rate = config.tenant_rate,
+                "shared hot state in redis"
+            );
+            Some(hot)
+        }
+        None => None,
+    };
     let clock = Clock::System;
     let policy = TreePolicy {
         idle_after: Duration::from_secs(config.idle_secs),
@@ -182,7 +198,55 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
         config.max_body_bytes,
         clock,
     );
+    if let Some(hot) = hot {
+        let _ = state.hot.set(hot);
+    }
     Ok((state, engine))
+}
+
+/// The ScyllaDB store. Its session opens lazily; the tenants must be loaded before serving, so
+/// this waits (with backoff, logging why) up to a minute for the cluster to answer, then fails
+/// with the cluster's error. Later outages are reported by `/ready` and answered 503.
+async fn open_scylla(settings: schema::scylla::ScyllaSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let store = schema::scylla::ScyllaStore::new(settings);
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store.health().await {
+            Ok(()) => return Ok(Arc::new(store)),
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                tracing::warn!(error = %e, "waiting for ScyllaDB");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => anyhow::bail!("ScyllaDB did not answer within a minute: {e}"),
+        }
+    }
+}
+
+/// `conversa migrate`: applies the CQL files of `schema/cql/` to `CONVERSA_SCYLLA_NODES`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let settings = config.scylla_settings().ok_or_else(|| {
+        anyhow::anyhow!("conversa migrate needs CONVERSA_SCYLLA_NODES (the cluster to migrate)")
+    })?;
+    let session = schema::scylla::connect(&settings, false)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let report =
+        schema::migrate::migrate(&session, &settings.keyspace, &config.scylla_replication).await?;
+    for file in &report.skipped {
+        println!("already applied: {file}");
+    }
+    for file in &report.applied {
+        println!("applied: {file}");
+    }
+    println!(
+        "keyspace {} is up to date ({} applied, {} already there)",
+        settings.keyspace,
+        report.applied.len(),
+        report.skipped.len()
+    );
+    Ok(())
 }
 
 /// Keeps the conversations-by-state gauge current (per tenant while there are few tenants).

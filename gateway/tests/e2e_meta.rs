@@ -538,6 +538,19 @@ async fn echoes_failed_statuses_and_an_expired_token() {
         .get(&key, &format!("/api/v1/conversations/{MARIA}/messages"))
         .await;
     assert_eq!(history[0]["status"], "failed", "{history}");
+    // … and the conversation is handed to a human with a clear reason.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conversation = conversa
+        .get(&key, &format!("/api/v1/conversations/{MARIA}"))
+        .await;
+    assert_eq!(
+        (
+            conversation["state"].as_str(),
+            conversation["reason"].as_str()
+        ),
+        (Some("AGUARDANDO_HUMANO"), Some("outside_window")),
+        "{conversation}"
+    );
 
     // The business answers from the WhatsApp Business app: a human took over.
     let echo = json!({
@@ -579,6 +592,19 @@ async fn echoes_failed_statuses_and_an_expired_token() {
     assert_eq!(status, 200);
     let flag = attention().get(&TenantId::parse(tenant).unwrap()).unwrap();
     assert_eq!(flag.provider, "meta");
+    let ready: Value = conversa
+        .http
+        .get(format!("{}/ready", conversa.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["providers"]["needs_attention"][tenant]["provider"], "meta",
+        "{ready}"
+    );
     let metrics = conversa.metrics().await;
     for line in [
         r#"conversa_webhook_events_total{provider="meta",result="outside_window"} 1"#,

@@ -80,8 +80,15 @@ pub struct Answers {
     pub debounce_splits: u64,
     /// Answers that were the fallback message (a handoff to a human).
     pub handoffs: u64,
-    /// Fallback answers to turns that did not ask for a human (low retrieval confidence).
+    /// Fallback answers to turns that did not ask for a human (low retrieval confidence, or a
+    /// fragment of a split burst that alone said nothing the knowledge covers).
     pub unexpected_handoffs: u64,
+    /// `lost` and `duplicated` as the client attributed them, before the audit.
+    pub client_lost: u64,
+    pub client_duplicated: u64,
+    /// Contacts whose answers were recounted from their history on the server (ambiguous
+    /// attribution: debounce splits, duplicates, timeouts, unexpected handoffs).
+    pub audited_contacts: u64,
 }
 
 /// Dashboard stream results.
@@ -239,6 +246,13 @@ impl Report {
             a.handoffs,
             a.unexpected_handoffs
         );
+        if a.audited_contacts > 0 {
+            let _ = writeln!(
+                s,
+                "  audit           {} ambiguous contacts recounted from their server history (client view: lost {}, duplicated {})",
+                a.audited_contacts, a.client_lost, a.client_duplicated
+            );
+        }
         match &self.dashboard_latency_ms {
             Some(l) => {
                 let _ = writeln!(

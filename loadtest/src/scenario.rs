@@ -87,6 +87,11 @@ struct Contact {
     last_sent: Option<Instant>,
     timed_out: bool,
     turns_done: u32,
+    /// Attribution was ambiguous (a debounce split, a duplicate, an unexpected handoff, a
+    /// timeout): the contact's history is audited on the server at the end.
+    suspect: bool,
+    /// Answers counted as duplicates by the client.
+    duplicates: u16,
 }
 
 impl Contact {
@@ -105,6 +110,8 @@ impl Contact {
             last_sent: None,
             timed_out: false,
             turns_done: 0,
+            suspect: false,
+            duplicates: 0,
         }
     }
 }
@@ -379,6 +386,7 @@ impl Driver {
                 let more_to_come = c.phase == Phase::Sending && c.sent < c.fragments;
                 let too_soon = c.last_sent.is_some_and(|t| answer.at < t + debounce);
                 if more_to_come || too_soon {
+                    c.suspect = true;
                     if c.sent > 1 || more_to_come {
                         // The server flushed before the latest fragment: one more answer is due.
                         self.answers.debounce_splits += 1;
@@ -387,6 +395,7 @@ impl Driver {
                         c.answers += 1;
                     } else {
                         self.answers.duplicated += 1;
+                        c.duplicates += 1;
                     }
                     return;
                 }
@@ -395,6 +404,7 @@ impl Driver {
                     self.complete(answer.contact, answer.at, answer.fallback);
                 } else if answer.fallback && c.kind != TurnKind::Handoff {
                     self.answers.unexpected_handoffs += 1;
+                    c.suspect = true;
                 }
             }
             Phase::Retired if c.timed_out && c.answers < c.expected => {
@@ -409,6 +419,8 @@ impl Driver {
                     *self.errors.entry("answer_without_turn".into()).or_default() += 1;
                 } else {
                     c.answers += 1;
+                    c.duplicates += 1;
+                    c.suspect = true;
                     self.answers.duplicated += 1;
                 }
             }
@@ -430,6 +442,7 @@ impl Driver {
         c.turns_done += 1;
         if fallback && c.kind != TurnKind::Handoff {
             self.answers.unexpected_handoffs += 1;
+            c.suspect = true;
         }
         if fallback || (max_turns > 0 && c.turns_done >= max_turns) {
             c.phase = Phase::Retired;
@@ -450,6 +463,7 @@ impl Driver {
             if c.turn == turn && c.phase == Phase::Awaiting {
                 c.phase = Phase::Retired;
                 c.timed_out = true;
+                c.suspect = true;
                 self.num_awaiting -= 1;
                 self.num_retired += 1;
                 self.num_timed_out_unanswered += 1;
@@ -469,12 +483,27 @@ impl Driver {
         }
     }
 
+    /// Turns of contact `c` the client saw no answer for.
+    fn lost_of(c: &Contact) -> u64 {
+        if c.turn > 0 && c.accepted > 0 {
+            u64::from(c.expected.saturating_sub(c.answers))
+        } else {
+            0
+        }
+    }
+
     fn lost(&self) -> u64 {
-        self.contacts
-            .iter()
-            .filter(|c| c.turn > 0 && c.accepted > 0)
-            .map(|c| u64::from(c.expected.saturating_sub(c.answers)))
-            .sum()
+        self.contacts.iter().map(Self::lost_of).sum()
+    }
+
+    /// Contacts whose attribution was ambiguous or who lost an answer.
+    fn suspects(&self) -> Vec<u32> {
+        (0..self.contacts.len() as u32)
+            .filter(|&i| {
+                let c = &self.contacts[i as usize];
+                c.suspect || Self::lost_of(c) > 0
+            })
+            .collect()
     }
 
     fn publish(&self) {
@@ -868,6 +897,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let mut answers = driver.answers.clone();
     answers.lost = driver.lost();
+    answers.client_lost = answers.lost;
+    answers.client_duplicated = answers.duplicated;
+    audit(&target, &tenants, &driver, &mut answers).await;
     let chat_requests = llm.stats.chat_requests.load(Ordering::Relaxed);
     let server = server_view(&before, &after, peaks);
     let report = Report {
@@ -919,6 +951,50 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         answers,
     };
     Ok(report)
+}
+
+/// Most contacts whose history is audited at the end of a run.
+const MAX_AUDITS: usize = 20_000;
+
+/// Replaces the client's lost and duplicated counts of ambiguous contacts by what their histories
+/// on the server say (see [`target::audit_history`]); beyond [`MAX_AUDITS`] contacts, or when a
+/// history cannot be read, the client's counts stand.
+async fn audit(target: &Target, tenants: &[TenantInfo], driver: &Driver, answers: &mut Answers) {
+    let suspects = driver.suspects();
+    if suspects.is_empty() {
+        return;
+    }
+    let client = |i: u32| {
+        let c = &driver.contacts[i as usize];
+        (Driver::lost_of(c), u64::from(c.duplicates))
+    };
+    let (mut lost, mut duplicated) = suspects.iter().skip(MAX_AUDITS).fold((0, 0), |acc, &i| {
+        let (l, d) = client(i);
+        (acc.0 + l, acc.1 + d)
+    });
+    let audited: Vec<(u32, Option<(u64, u64)>)> =
+        futures_util::stream::iter(suspects.iter().take(MAX_AUDITS).copied())
+            .map(|i| {
+                let tenant = &tenants[driver.contacts[i as usize].tenant as usize];
+                async move {
+                    let history = target
+                        .history(&tenant.api_key, &recorder::contact_number(i))
+                        .await;
+                    (i, history.ok().map(|h| target::audit_history(&h)))
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+    for (i, result) in audited {
+        let (l, d) = result.unwrap_or_else(|| client(i));
+        answers.audited_contacts += u64::from(result.is_some());
+        lost += l;
+        duplicated += d;
+    }
+    // Contacts that were not suspects contribute nothing: their turns were answered exactly once.
+    answers.lost = lost;
+    answers.duplicated = duplicated;
 }
 
 fn server_view(before: &Scrape, after: &Scrape, peaks: Peaks) -> ServerView {

@@ -151,6 +151,49 @@ impl Target {
         Ok(())
     }
 
+    /// A conversation's history, oldest first: `(inbound, text)` per message.
+    pub async fn history(
+        &self,
+        api_key: &str,
+        contact: &str,
+    ) -> anyhow::Result<Vec<(bool, String)>> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/api/v1/conversations/{contact}/messages?limit=500",
+                self.base
+            ))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .context("reading a history")?;
+        if !resp.status().is_success() {
+            bail!("GET …/messages answered {}", resp.status());
+        }
+        let page: Value = resp.json().await?;
+        let items = page
+            .as_array()
+            .or_else(|| page["items"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        let mut messages: Vec<(String, String, bool, String)> = items
+            .iter()
+            .map(|m| {
+                (
+                    m["at"].as_str().unwrap_or_default().to_owned(),
+                    m["id"].as_str().unwrap_or_default().to_owned(),
+                    m["direction"] == "in",
+                    m["text"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        messages.sort();
+        Ok(messages
+            .into_iter()
+            .map(|(_, _, inbound, text)| (inbound, text))
+            .collect())
+    }
+
     /// Deletes a tenant (cleanup after the run; best effort).
     pub async fn delete_tenant(&self, id: &str) -> bool {
         self.http
@@ -173,6 +216,43 @@ impl Target {
             .await?;
         Ok(Scrape::parse(&text))
     }
+}
+
+/// Lost and duplicated answers of one conversation by the server's own history (oldest first).
+///
+/// Inbound messages since the last answer form a turn. An inbound message is stamped when its
+/// webhook arrives, before it is recorded, so under load a fragment recorded late can sort before
+/// an answer that did not include it; the server then answers it in a turn of its own. So an
+/// answer with no inbound message since the previous one is a duplicate only when no earlier
+/// inbound message is left to explain it (each answer that covered several inbound messages leaves
+/// the extra ones as possible turns of their own). Inbound messages left without an answer at the
+/// end are a lost turn, unless the fallback message silenced the assistant before them.
+pub fn audit_history(history: &[(bool, String)]) -> (u64, u64) {
+    let mut pending = 0u64;
+    let mut unexplained_credit = 0u64;
+    let mut silenced = false;
+    let mut duplicated = 0;
+    for (inbound, text) in history {
+        if *inbound {
+            if !silenced {
+                pending += 1;
+            }
+            continue;
+        }
+        if silenced {
+            continue;
+        }
+        if pending > 0 {
+            unexplained_credit += pending - 1;
+        } else if unexplained_credit > 0 {
+            unexplained_credit -= 1;
+        } else {
+            duplicated += 1;
+        }
+        pending = 0;
+        silenced = text == FALLBACK;
+    }
+    (u64::from(pending > 0), duplicated)
 }
 
 /// One `/metrics` page: `(name, labels, value)` per sample line.
@@ -346,6 +426,82 @@ conversa_turn_engine_seconds_count 100
         assert!((p.p95 - 7.5).abs() < 1e-9, "{p:?}");
         assert!((p.max - 10.0).abs() < 1e-9, "{p:?}");
         assert!(histogram_delta(&s, &s, "conversa_turn_engine_seconds").is_none());
+    }
+
+    #[test]
+    fn histories_are_audited_turn_by_turn() {
+        let h = |items: &[(bool, &str)]| -> Vec<(bool, String)> {
+            items.iter().map(|(i, t)| (*i, (*t).to_owned())).collect()
+        };
+        // A one-message turn, then a turn answered twice.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "horário?"),
+                (false, "9h"),
+                (true, "frete?"),
+                (false, "grátis"),
+                (false, "grátis")
+            ])),
+            (0, 1)
+        );
+        // After a two-message burst answered once, one extra answer can be the server's own turn
+        // for the second message (recorded after the first answer): not counted.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "oi"),
+                (true, "horário?"),
+                (false, "9h"),
+                (true, "frete?"),
+                (false, "grátis"),
+                (false, "grátis")
+            ])),
+            (0, 0)
+        );
+        // The last turn got no answer.
+        assert_eq!(
+            audit_history(&h(&[(true, "oi"), (false, "olá"), (true, "frete?")])),
+            (1, 0)
+        );
+        // After the fallback the assistant is silent: not lost.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "uma dúvida"),
+                (false, FALLBACK),
+                (true, "horário?")
+            ])),
+            (0, 0)
+        );
+        // A fragment recorded after an answer that did not include it, but stamped before it.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "oi"),
+                (true, "horário?"),
+                (false, "olá"),
+                (false, "9h")
+            ])),
+            (0, 0)
+        );
+        // Nothing explains the third answer to a two-fragment burst.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "oi"),
+                (true, "horário?"),
+                (false, "olá"),
+                (false, "9h"),
+                (false, "9h")
+            ])),
+            (0, 1)
+        );
+        // A split burst answered twice by the server's turns is neither lost nor duplicated.
+        assert_eq!(
+            audit_history(&h(&[
+                (true, "oi"),
+                (false, "olá"),
+                (true, "horário?"),
+                (false, "9h")
+            ])),
+            (0, 0)
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //!
 //! Module map:
 //! - [`embedded`]: the store, its writer thread with group commit, its read pool, its migrations.
+//! - [`scylla`]: [`scylla::ScyllaStore`], the same port on a ScyllaDB cluster (history with TTL),
+//!   selected by `CONVERSA_SCYLLA_NODES`; its tables are documented in `cql/`.
+//! - [`migrate`]: `conversa migrate`, the runner of the numbered CQL files (ledger, checksums,
+//!   schema agreement).
+//! - [`redis`]: [`redis::HotState`], the shared hot state in Redis (dedupe guard, rate limits,
+//!   dashboard event fan-out), selected by `CONVERSA_REDIS_URL`.
 //!
 //! Tables of the embedded store (key → the query it exists for):
 //! - `tenants` (`id`): the whole tenant as JSON; get, list, replace.
@@ -33,5 +39,8 @@
 //! thread, reads run in `spawn_blocking`.
 
 pub mod embedded;
+pub mod migrate;
+pub mod redis;
+pub mod scylla;
 
 pub use embedded::{Durability, EmbeddedStore};

@@ -23,10 +23,34 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     } else {
         "shutting down"
     };
-    let ok = store == "ok" && app.is_accepting();
+    let redis = match app.hot.get() {
+        Some(hot) => Some(hot.check().await),
+        None => None,
+    };
+    let ok = store == "ok" && app.is_accepting() && redis.as_deref().is_none_or(|r| r == "ok");
+    let mut checks = json!({ app.store.backend(): store, "accepting": accepting });
+    if let Some(redis) = redis {
+        checks["redis"] = json!(redis);
+    }
+    // Tenants whose provider needs a person (an expired token, a refused key). Reported, but one
+    // tenant's credentials do not take the whole instance out of rotation.
+    let attention: serde_json::Map<String, serde_json::Value> = crate::providers::attention()
+        .snapshot()
+        .into_iter()
+        .filter(|(t, _)| app.directory.get(t).is_some())
+        .map(|(t, a)| {
+            let view = json!({"provider": a.provider, "reason": a.reason, "since": crate::util::rfc3339(a.since)});
+            (t.to_string(), view)
+        })
+        .collect();
+    checks["providers"] = if attention.is_empty() {
+        json!("ok")
+    } else {
+        json!({ "needs_attention": attention })
+    };
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
-        "checks": { app.store.backend(): store, "accepting": accepting },
+        "checks": checks,
     });
     let status = if ok {
         StatusCode::OK

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::json_body;
+use super::auth::TenantAuth;
 use super::views;
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -41,12 +42,7 @@ fn limit(params: &HashMap<String, String>, default: usize, max: usize) -> ApiRes
     }
 }
 
-pub async fn get_settings(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
-) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
+pub async fn get_settings(TenantAuth(rt): TenantAuth) -> ApiResult<Json<Value>> {
     Ok(Json(
         serde_json::to_value(&rt.tenant.settings).unwrap_or(Value::Null),
     ))
@@ -54,11 +50,9 @@ pub async fn get_settings(
 
 pub async fn put_settings(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let patch: Value = json_body(&body)?;
     let mut tenant = rt.tenant.clone();
     tenant.settings = tenant.settings.apply_patch(&patch)?;
@@ -70,10 +64,8 @@ pub async fn put_settings(
 
 pub async fn get_knowledge(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let k = app.store.get_knowledge(&rt.tenant.id).await?;
     Ok(Json(match k {
         Some(k) => {
@@ -85,11 +77,10 @@ pub async fn get_knowledge(
 
 pub async fn put_knowledge(
     State(app): State<AppState>,
+    TenantAuth(rt): TenantAuth,
     headers: HeaderMap,
-    q: Params,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -133,12 +124,7 @@ pub async fn put_knowledge(
     Ok(Json(json!({"chars": chars, "chunks": n})))
 }
 
-pub async fn search_knowledge(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
-) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
+pub async fn search_knowledge(TenantAuth(rt): TenantAuth, q: Params) -> ApiResult<Json<Value>> {
     let query = q.get("q").map(|s| s.trim()).unwrap_or_default();
     if query.is_empty() {
         return Err(ApiError::unprocessable("q", "must not be empty"));
@@ -154,10 +140,9 @@ pub async fn search_knowledge(
 
 pub async fn list_conversations(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    TenantAuth(rt): TenantAuth,
     q: Params,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let state = match q.get("state") {
         None => None,
         Some(s) => Some(ConversationState::parse(s).ok_or_else(|| {
@@ -180,11 +165,9 @@ pub async fn list_conversations(
 
 pub async fn get_conversation(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let contact = contact(&raw)?;
     let c = app
         .store
@@ -196,11 +179,10 @@ pub async fn get_conversation(
 
 pub async fn list_messages(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    TenantAuth(rt): TenantAuth,
     q: Params,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let contact = contact(&raw)?;
     let n = limit(&q, 50, 500)?;
     let before = match q.get("before") {
@@ -223,12 +205,10 @@ pub async fn list_messages(
 
 pub async fn post_message(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let contact = contact(&raw)?;
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -245,33 +225,27 @@ pub async fn post_message(
 
 pub async fn takeover(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let c = app.engine.takeover(&rt.tenant.id, &contact(&raw)?).await?;
     Ok(Json(views::conversation(&c)))
 }
 
 pub async fn release(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let c = app.engine.release(&rt.tenant.id, &contact(&raw)?).await?;
     Ok(Json(views::conversation(&c)))
 }
 
 pub async fn erase_contact(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let contact = contact(&raw)?;
     app.engine
         .stop_conversation(&rt.tenant.id, &contact)
@@ -284,11 +258,9 @@ pub async fn erase_contact(
 /// The exact prompt of the conversation's last LLM turn (debug).
 pub async fn last_prompt(
     State(app): State<AppState>,
-    headers: HeaderMap,
-    q: Params,
+    TenantAuth(rt): TenantAuth,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let rt = app.require_tenant(&headers, q.get("access_token").map(String::as_str))?;
     let prompt = app
         .engine
         .last_prompt(&rt.tenant.id, &contact(&raw)?)

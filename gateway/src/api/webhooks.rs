@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actors::TenantRuntime;
@@ -238,6 +237,7 @@ fn tenant_of(
         return Err(ApiError::not_found("unknown tenant"));
     };
     let id = TenantId::parse(&raw).map_err(|_| ApiError::not_found("unknown tenant"))?;
+    tracing::Span::current().record("tenant", id.as_str());
     let rt = app
         .directory
         .get(&id)
@@ -362,15 +362,11 @@ fn finish(
     result.map(Json)
 }
 
-/// Registers `conversa_provider_attention` in this server's registry when one of its webhooks is
-/// answered for the first time. (The gateway's metrics are built outside this module; registering
-/// the gauge there at startup would make this unnecessary.)
+/// Registers `conversa_provider_attention` in this server's registry (a no-op once it is there).
+/// The gateway's metrics are built outside this module; registering the gauge there at startup
+/// would make this unnecessary.
 fn register_attention_gauge(app: &AppState) {
-    static LAST_REGISTERED: AtomicUsize = AtomicUsize::new(0);
-    let this = Arc::as_ptr(&app.0) as usize;
-    if LAST_REGISTERED.swap(this, Ordering::Relaxed) != this {
-        AttentionBoard::register(&app.registry);
-    }
+    AttentionBoard::register(&app.registry);
 }
 
 /// Records the events of one webhook body and dispatches what needs the actors.
@@ -487,7 +483,9 @@ pub async fn ingest(
                         provider_id,
                     } => {
                         // The delivery event (recorded below) tells dashboards why the answer
-                        // failed; handing the conversation to a human needs an engine command.
+                        // failed; the conversation goes to a human with reason `outside_window`.
+                        app.engine
+                            .flag_for_human(tenant, contact, engine::Reason::OutsideWindow);
                         warn!(tenant = %tenant, provider, conversation_id = %contact, provider_id = %provider_id, "answer refused: the 24-hour customer service window is closed; a human or a template is needed");
                     }
                 }
@@ -501,18 +499,32 @@ pub async fn ingest(
 
     let mut recorded = 0usize;
     let mut duplicates = 0usize;
+    // With Redis: the tenant's rate (429), then the dedupe guard; Redis down is a 503.
+    let mut hot_keys = Vec::new();
+    if let Some(hot) = app.hot.get()
+        && !items.is_empty()
+    {
+        hot.check_rate(tenant, items.len()).await?;
+        let (kept, known) = hot.claim(tenant, items).await?;
+        items = kept;
+        for _ in 0..known {
+            duplicates += 1;
+            count("duplicate");
+        }
+        hot_keys = items.iter().map(|i| i.dedupe_key.clone()).collect();
+    }
     if !items.is_empty() {
         let messages: Vec<StoredMessage> = items.iter().map(|i| i.message.clone()).collect();
-        let outcomes = app
-            .store
-            .ingest(tenant, items, now)
-            .await
-            .map_err(|e| match e {
-                EngineError::Unavailable(_) => {
-                    ApiError::unavailable("the message could not be recorded; retry")
-                }
-                other => ApiError::from(other),
-            })?;
+        let outcomes = app.store.ingest(tenant, items, now).await;
+        if let Some(hot) = app.hot.get() {
+            hot.settle(tenant, &hot_keys, outcomes.is_ok()).await;
+        }
+        let outcomes = outcomes.map_err(|e| match e {
+            EngineError::Unavailable(_) => {
+                ApiError::unavailable("the message could not be recorded; retry")
+            }
+            other => ApiError::from(other),
+        })?;
         let mut entries = Vec::new();
         for (message, outcome) in messages.into_iter().zip(outcomes) {
             match outcome {

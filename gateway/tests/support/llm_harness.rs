@@ -13,16 +13,16 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-pub const TOKEN: &str = "s3cr3t-shared-token";
+pub(crate) const TOKEN: &str = "s3cr3t-shared-token";
 
 /// Records every request Conversa makes to "Evolution" and answers like it.
 #[derive(Clone, Default)]
-pub struct FakeEvolution {
-    pub captured: Arc<Mutex<Vec<(String, Value)>>>,
+pub(crate) struct FakeEvolution {
+    pub(crate) captured: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
 impl FakeEvolution {
-    pub async fn start() -> (Self, SocketAddr) {
+    pub(crate) async fn start() -> (Self, SocketAddr) {
         let fake = Self::default();
         let app = axum::Router::new()
             .fallback(evolution)
@@ -30,7 +30,7 @@ impl FakeEvolution {
         (fake, serve(app).await)
     }
 
-    pub fn texts_to(&self, number: &str) -> Vec<String> {
+    pub(crate) fn texts_to(&self, number: &str) -> Vec<String> {
         self.captured
             .lock()
             .unwrap()
@@ -64,7 +64,7 @@ async fn evolution(
 
 /// What the fake LLM does with the next requests.
 #[derive(Clone, Debug)]
-pub enum Script {
+pub(crate) enum Script {
     /// Answer this text.
     Answer(String),
     /// Wait, then answer (longer than the client timeout = a timeout; also "slow headers").
@@ -80,14 +80,14 @@ pub enum Script {
 }
 
 #[derive(Clone)]
-pub struct FakeLlm {
+pub(crate) struct FakeLlm {
     /// Behaviours consumed in order; the last one repeats.
-    pub script: Arc<Mutex<Vec<Script>>>,
-    pub requests: Arc<Mutex<Vec<Value>>>,
+    pub(crate) script: Arc<Mutex<Vec<Script>>>,
+    pub(crate) requests: Arc<Mutex<Vec<Value>>>,
 }
 
 impl FakeLlm {
-    pub async fn start(script: Vec<Script>) -> (Self, SocketAddr) {
+    pub(crate) async fn start(script: Vec<Script>) -> (Self, SocketAddr) {
         let fake = Self {
             script: Arc::new(Mutex::new(script)),
             requests: Arc::default(),
@@ -98,11 +98,11 @@ impl FakeLlm {
         (fake, serve(app).await)
     }
 
-    pub fn set(&self, script: Vec<Script>) {
+    pub(crate) fn set(&self, script: Vec<Script>) {
         *self.script.lock().unwrap() = script;
     }
 
-    pub fn requests(&self) -> Vec<Value> {
+    pub(crate) fn requests(&self) -> Vec<Value> {
         self.requests.lock().unwrap().clone()
     }
 }
@@ -157,16 +157,16 @@ async fn serve(app: axum::Router) -> SocketAddr {
 }
 
 /// A running Conversa on loopback.
-pub struct Conversa {
-    pub base: String,
-    pub admin: String,
-    pub http: reqwest::Client,
+pub(crate) struct Conversa {
+    pub(crate) base: String,
+    pub(crate) admin: String,
+    pub(crate) http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Conversa {
-    pub async fn start(
+    pub(crate) async fn start(
         data_dir: &std::path::Path,
         configure: impl FnOnce(&mut gateway::config::Config),
     ) -> Self {
@@ -188,7 +188,7 @@ impl Conversa {
         }
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -198,7 +198,7 @@ impl Conversa {
     }
 
     /// Creates an Evolution tenant with fast debounce and its knowledge; returns its API key.
-    pub async fn tenant(
+    pub(crate) async fn tenant(
         &self,
         id: &str,
         evolution: SocketAddr,
@@ -240,7 +240,7 @@ impl Conversa {
     }
 
     /// Posts an Evolution text message from `number`.
-    pub async fn customer(&self, tenant: &str, number: &str, id: &str, text: &str) {
+    pub(crate) async fn customer(&self, tenant: &str, number: &str, id: &str, text: &str) {
         let body = json!({"event": "messages.upsert", "instance": tenant, "data": {
             "key": {"remoteJid": format!("{number}@s.whatsapp.net"), "fromMe": false, "id": id},
             "pushName": "Cliente", "message": {"conversation": text}, "messageTimestamp": 1749562325}});
@@ -255,7 +255,7 @@ impl Conversa {
         assert_eq!(resp.status().as_u16(), 200);
     }
 
-    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, key: &str, path: &str) -> (u16, Value) {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -267,7 +267,7 @@ impl Conversa {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
@@ -280,7 +280,7 @@ impl Conversa {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
             .send()
@@ -292,7 +292,7 @@ impl Conversa {
     }
 }
 
-pub async fn eventually(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if check() {

@@ -227,17 +227,23 @@ fn protocol_amendment(
     }
 }
 
-/// The chat and author of a key `{remoteJid, remoteJidAlt?, fromMe, id}`, or the event it is instead.
-fn key_chat(key: &Value) -> Result<(ContactId, bool), ProviderEvent> {
-    let Some(remote_jid) = str_field(key, "remoteJid") else {
-        return Err(malformed("key without `remoteJid`"));
-    };
-    let contact =
-        chat_contact(remote_jid, str_field(key, "remoteJidAlt")).map_err(ProviderEvent::Ignored)?;
+/// The chat and author of a key `{remoteJid, remoteJidAlt?, fromMe, id}`; `Err(None)` when it
+/// has no `remoteJid`, else why the chat is not a person.
+fn key_chat(key: &Value) -> Result<(ContactId, bool), Option<IgnoreReason>> {
+    let remote_jid = str_field(key, "remoteJid").ok_or(None)?;
+    let contact = chat_contact(remote_jid, str_field(key, "remoteJidAlt")).map_err(Some)?;
     Ok((
         contact,
         key.get("fromMe").and_then(Value::as_bool) == Some(true),
     ))
+}
+
+/// The event for a key whose chat is not a person (or missing).
+fn not_a_person(reason: Option<IgnoreReason>) -> ProviderEvent {
+    match reason {
+        Some(reason) => ProviderEvent::Ignored(reason),
+        None => malformed("key without `remoteJid`"),
+    }
 }
 
 /// `messages.edited`: the raw protocol message `{key, type, editedMessage, timestampMs}` whose
@@ -249,7 +255,7 @@ fn parse_edited(item: &Value) -> ProviderEvent {
     };
     let (contact, from_me) = match key_chat(key) {
         Ok(chat) => chat,
-        Err(event) => return event,
+        Err(reason) => return not_a_person(reason),
     };
     let Some(original_id) = str_field(key, "id").filter(|id| !id.is_empty()) else {
         return malformed("edit without `key.id`");
@@ -274,7 +280,7 @@ fn parse_deleted(item: &Value) -> ProviderEvent {
         .unwrap_or(item);
     let (contact, from_me) = match key_chat(key) {
         Ok(chat) => chat,
-        Err(event) => return event,
+        Err(reason) => return not_a_person(reason),
     };
     let Some(original_id) = str_field(key, "id").filter(|id| !id.is_empty()) else {
         return malformed("deletion without `key.id`");

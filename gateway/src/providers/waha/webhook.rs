@@ -178,7 +178,21 @@ fn chat_of(
     if me.is_some_and(|me| me == chat) {
         return Err(Some(IgnoreReason::UnknownChat));
     }
+    if chat.ends_with("@lid") {
+        // A hidden id; NOWEB's raw Baileys key carries the phone JID beside it when it knows it.
+        return lid_phone(payload).ok_or(Some(IgnoreReason::UnknownChat));
+    }
     chat_contact(chat).map_err(Some)
+}
+
+/// The phone number behind a hidden (`@lid`) chat id: NOWEB's `_data.key.remoteJidAlt`
+/// (Baileys 7) or `_data.key.senderPn` (Baileys 6.7).
+fn lid_phone(payload: &Value) -> Option<ContactId> {
+    let key = payload.get("_data")?.get("key")?;
+    ["remoteJidAlt", "senderPn"]
+        .iter()
+        .filter_map(|field| str_field(key, field))
+        .find_map(|jid| chat_contact(jid).ok())
 }
 
 /// The event for a payload whose chat is not a person (or missing).
@@ -856,6 +870,28 @@ mod tests {
         );
         assert_eq!(
             chat("123456789012345@lid"),
+            ProviderEvent::Ignored(IgnoreReason::UnknownChat)
+        );
+        let with_alt = |alt: Value| {
+            one(
+                "message",
+                json!({ "id": "false_123456789012345@lid_K3", "from": "123456789012345@lid", "body": "oi",
+                        "_data": { "key": { "remoteJid": "123456789012345@lid", "remoteJidAlt": alt } } }),
+            )
+        };
+        match with_alt(json!("5511999999999@s.whatsapp.net")) {
+            ProviderEvent::Message(inbound) => {
+                assert_eq!(inbound.contact.as_str(), MARIA);
+                assert_eq!(inbound.dedupe_key, format!("{MARIA}/K3"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            with_alt(json!("987@lid")),
+            ProviderEvent::Ignored(IgnoreReason::UnknownChat)
+        );
+        assert_eq!(
+            with_alt(json!(null)),
             ProviderEvent::Ignored(IgnoreReason::UnknownChat)
         );
         assert_eq!(
