@@ -493,7 +493,7 @@ fn transport_failure(provider: &str, operation: &str, error: &reqwest::Error) ->
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is ignored).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds = headers
         .get(RETRY_AFTER)?
         .to_str()
@@ -505,7 +505,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The response body, cut at [`MAX_RESPONSE_BYTES`].
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_RESPONSE_BYTES - body.len();

@@ -9,16 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use engine::ContactId;
 use engine::ports::{Provider, SendError, SendReceipt};
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::HeaderValue;
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::KIND;
-use crate::providers::RetryPolicy;
+use crate::providers::{RetryPolicy, read_limited, retry_after};
 
 /// Response bodies are read up to this size; Evolution's are a few hundred bytes.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest provider summary kept in a [`SendError`] message.
 const MAX_SUMMARY_CHARS: usize = 200;
 /// How long "typing…" shows after `typing(on)`: Evolution holds `composing` this long, then sends
@@ -272,31 +271,6 @@ fn transport_failure(operation: &str, error: &reqwest::Error) -> Failure {
         },
         retry_after: None,
     }
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is ignored).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()?;
-    Some(Duration::from_secs(seconds))
-}
-
-/// The response body, cut at [`MAX_RESPONSE_BYTES`].
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_RESPONSE_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == MAX_RESPONSE_BYTES {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// `key.id` of the created message, when the body is the JSON Evolution documents.
