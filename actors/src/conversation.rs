@@ -147,7 +147,7 @@ pub struct ConversationState {
     handled: Arc<AtomicU64>,
     last_activity: tokio::time::Instant,
     idle_timer_armed: bool,
-    sender: mpsc::UnboundedSender<engine::message::OutboxItem>,
+    sender: mpsc::UnboundedSender<Box<engine::message::OutboxItem>>,
     span: tracing::Span,
 }
 
@@ -218,28 +218,32 @@ impl Actor for ConversationActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
-        async {
-            match msg {
-                ConversationMsg::Routed(command) => {
-                    state.handled.fetch_add(1, Ordering::SeqCst);
-                    self.deps.metrics.mailbox_depth.dec();
-                    state.last_activity = tokio::time::Instant::now();
-                    self.on_command(&myself, state, command).await;
-                    self.arm_idle(&myself, state);
-                }
-                ConversationMsg::FlushIfDue { generation } => {
-                    if generation == state.buffer.generation() {
-                        self.flush_if_due(&myself, state).await;
+        // Boxed: the actor's task then keeps only a pointer between messages, not room for the
+        // largest handler's state (this is most of a live conversation's memory).
+        Box::pin(
+            async {
+                match msg {
+                    ConversationMsg::Routed(command) => {
+                        state.handled.fetch_add(1, Ordering::SeqCst);
+                        self.deps.metrics.mailbox_depth.dec();
+                        state.last_activity = tokio::time::Instant::now();
+                        self.on_command(&myself, state, command).await;
+                        self.arm_idle(&myself, state);
+                    }
+                    ConversationMsg::FlushIfDue { generation } => {
+                        if generation == state.buffer.generation() {
+                            self.flush_if_due(&myself, state).await;
+                        }
+                    }
+                    ConversationMsg::IdleTick => self.on_idle_tick(&myself, state),
+                    ConversationMsg::LlmDone { id, result } => {
+                        state.last_activity = tokio::time::Instant::now();
+                        self.on_llm_done(&myself, state, id, result).await;
                     }
                 }
-                ConversationMsg::IdleTick => self.on_idle_tick(&myself, state),
-                ConversationMsg::LlmDone { id, result } => {
-                    state.last_activity = tokio::time::Instant::now();
-                    self.on_llm_done(&myself, state, id, result).await;
-                }
             }
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await;
         Ok(())
     }
@@ -799,7 +803,7 @@ impl ConversationActor {
 
     fn enqueue(&self, state: &ConversationState, items: Vec<engine::message::OutboxItem>) {
         for item in items {
-            if state.sender.send(item).is_err() {
+            if state.sender.send(Box::new(item)).is_err() {
                 // The sender task only ends when this actor drops its handle; the entry stays in
                 // the durable outbox and is sent at the next start.
                 error!("outbox sender is gone; the message is sent after restart");

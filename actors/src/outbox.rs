@@ -17,12 +17,18 @@ use crate::Deps;
 
 /// Spawns the sender of one conversation. It ends when every handle to it is dropped and its queue
 /// is empty.
-pub(crate) fn spawn_sender(deps: Deps, span: tracing::Span) -> mpsc::UnboundedSender<OutboxItem> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<OutboxItem>();
+/// Items are boxed: the channel's first block holds 32 slots from the start, so its slot size is
+/// memory every live conversation pays.
+pub(crate) fn spawn_sender(
+    deps: Deps,
+    span: tracing::Span,
+) -> mpsc::UnboundedSender<Box<OutboxItem>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Box<OutboxItem>>();
     tokio::spawn(
         async move {
             while let Some(item) = rx.recv().await {
-                send_one(&deps, item).await;
+                // Boxed so the idle task holds a pointer, not room for a whole send.
+                Box::pin(send_one(&deps, *item)).await;
             }
         }
         .instrument(span),
@@ -51,7 +57,7 @@ pub(crate) async fn resend_pending(deps: &Deps) -> usize {
         let span = tracing::info_span!("outbox_recovery", %tenant, conversation = %contact);
         let tx = spawn_sender(deps.clone(), span);
         for item in items {
-            let _ = tx.send(item);
+            let _ = tx.send(Box::new(item));
         }
     }
     if count > 0 {
