@@ -19,12 +19,13 @@ use std::time::Duration;
 use engine::buffer::{BufferLimits, Fragment, MessageBuffer, turn_text};
 use engine::conversation::{Conversation, Outcome, Reason, Transition};
 use engine::events::EventBody;
+use engine::knowledge::DenseQuery;
 use engine::memory::{MemoryEntry, MemoryWindow};
 use engine::message::{
     Author, DeliveryStatus, Direction, InboxEntry, InboxKind, MessageKind, StoredMessage,
 };
 use engine::ports::{ConversationCommit, LlmAnswer, LlmError};
-use engine::turn::{TurnDecision, decide};
+use engine::turn::{TurnDecision, decide_with, needs_retrieval};
 use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -77,6 +78,8 @@ pub enum ConversationMsg {
     FlushIfDue { generation: u64 },
     /// The idle timer fired.
     IdleTick,
+    /// The embedding of turn `id` is ready (`None`: retrieval is lexical).
+    Embedded { id: u64, query: Option<DenseQuery> },
     /// The LLM call of turn `id` finished.
     LlmDone {
         id: u64,
@@ -95,12 +98,12 @@ pub struct Tag {
     at: Timestamp,
 }
 
-/// A turn whose answer the LLM is writing.
+/// A turn waiting on a call off the actor: its embedding, then possibly its LLM answer.
 #[derive(Debug)]
 struct InFlight {
     id: u64,
     fragments: Vec<Fragment<Tag>>,
-    /// Engine time spent on the turn before the LLM call.
+    /// Engine time spent on the turn before the call.
     engine_before_llm: Duration,
 }
 
@@ -236,6 +239,10 @@ impl Actor for ConversationActor {
                         }
                     }
                     ConversationMsg::IdleTick => self.on_idle_tick(&myself, state),
+                    ConversationMsg::Embedded { id, query } => {
+                        state.last_activity = tokio::time::Instant::now();
+                        self.on_embedded(&myself, state, id, query).await;
+                    }
                     ConversationMsg::LlmDone { id, result } => {
                         state.last_activity = tokio::time::Instant::now();
                         self.on_llm_done(&myself, state, id, result).await;
@@ -392,16 +399,144 @@ impl ConversationActor {
             return;
         };
         let settings = &rt.tenant.settings;
-        let decision = decide(
-            &text,
+        if let Some(embedder) = &self.deps.embedder
+            && rt.index.embedding_model() == Some(embedder.model())
+            && needs_retrieval(&text, state.conv.state, rt.tenant.status, settings)
+        {
+            self.embed_turn(myself, state, embedder.clone(), fragments, text, started);
+            return;
+        }
+        self.decide_turn(myself, state, &rt, fragments, &text, started, None)
+            .await;
+    }
+
+    /// Embeds the turn's text in its own task (like the LLM call, so the actor keeps buffering);
+    /// the turn is decided when [`ConversationMsg::Embedded`] comes. A failed embedding leaves
+    /// the decision lexical: the customer is answered either way.
+    fn embed_turn(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        embedder: Arc<dyn engine::ports::Embedder>,
+        fragments: Vec<Fragment<Tag>>,
+        text: String,
+        started: std::time::Instant,
+    ) {
+        state.turn_counter += 1;
+        let id = state.turn_counter;
+        state.in_flight = Some(InFlight {
+            id,
+            fragments,
+            engine_before_llm: started.elapsed(),
+        });
+        let (tenant, me) = (state.tenant.clone(), myself.clone());
+        tokio::spawn(
+            async move {
+                let query = match embedder.embed(&tenant, &[text]).await {
+                    Ok(mut vectors) => DenseQuery::new(
+                        embedder.model(),
+                        &vectors.pop().unwrap_or_default(),
+                        embedder.calibration(),
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "turn not embedded; retrieval is lexical");
+                        None
+                    }
+                };
+                let _ = me.cast(ConversationMsg::Embedded { id, query });
+            }
+            .instrument(state.span.clone()),
+        );
+    }
+
+    async fn on_embedded(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        id: u64,
+        query: Option<DenseQuery>,
+    ) {
+        let Some(in_flight) = state.in_flight.take_if(|f| f.id == id) else {
+            return;
+        };
+        let started = std::time::Instant::now()
+            .checked_sub(in_flight.engine_before_llm)
+            .unwrap_or_else(std::time::Instant::now);
+        let text = turn_text(&in_flight.fragments);
+        match self.deps.directory.get(&state.tenant) {
+            Some(rt) => {
+                self.decide_turn(
+                    myself,
+                    state,
+                    &rt,
+                    in_flight.fragments,
+                    &text,
+                    started,
+                    query.as_ref(),
+                )
+                .await
+            }
+            None => {
+                self.finish_turn(
+                    myself,
+                    state,
+                    in_flight.fragments,
+                    started,
+                    Resolution::Silent("no_tenant"),
+                )
+                .await
+            }
+        }
+        // Messages that arrived meanwhile form the next turn.
+        if !state.buffer.is_empty() && state.in_flight.is_none() {
+            self.flush_if_due(myself, state).await;
+        }
+    }
+
+    /// Decides a turn (hybrid when `dense` is given) and settles it, or starts its LLM call.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_turn(
+        &self,
+        myself: &ActorRef<ConversationMsg>,
+        state: &mut ConversationState,
+        rt: &crate::TenantRuntime,
+        fragments: Vec<Fragment<Tag>>,
+        text: &str,
+        started: std::time::Instant,
+        dense: Option<&DenseQuery>,
+    ) {
+        let settings = &rt.tenant.settings;
+        let deciding = std::time::Instant::now();
+        let decision = decide_with(
+            text,
             state.conv.state,
             rt.tenant.status,
             settings,
             &rt.index,
+            dense,
         );
+        if matches!(
+            decision,
+            TurnDecision::Answer { .. }
+                | TurnDecision::Handoff {
+                    reason: Reason::LowConfidence,
+                    ..
+                }
+        ) {
+            let mode = match dense {
+                Some(query) if rt.index.embedding_model() == Some(query.model.as_str()) => "hybrid",
+                _ => "lexical",
+            };
+            self.deps
+                .metrics
+                .retrieval_seconds
+                .with_label_values(&[mode])
+                .observe(deciding.elapsed().as_secs_f64());
+        }
+        let text = text.to_owned();
         let resolution = match decision {
             TurnDecision::Answer { hits, .. } if self.deps.llm.is_some() => {
-                self.ask_llm(myself, state, &rt, fragments, text, hits, started);
+                self.ask_llm(myself, state, rt, fragments, text, hits, started);
                 return;
             }
             TurnDecision::Answer { reply, .. } => Resolution::Reply(reply, "answered"),

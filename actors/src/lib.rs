@@ -36,7 +36,7 @@ pub mod tenant;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::ports::{EventSink, Llm, Store};
+use engine::ports::{Embedder, EventSink, Llm, Store};
 use ractor::Actor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -93,6 +93,8 @@ pub struct Deps {
     pub metrics: Arc<ActorMetrics>,
     /// The language model; `None` means extractive answers.
     pub llm: Option<Arc<dyn Llm>>,
+    /// Embeds customer turns for hybrid retrieval; `None` means lexical retrieval.
+    pub embedder: Option<Arc<dyn Embedder>>,
     /// The last prompt of recent conversations (debug endpoint).
     pub prompts: prompts::PromptLog,
 }

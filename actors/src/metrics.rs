@@ -31,6 +31,9 @@ pub struct ActorMetrics {
     pub store_errors: IntCounterVec,
     /// Human-timeout deadlines fired.
     pub deadlines_fired: IntCounter,
+    /// Knowledge retrieval of a turn, by mode (`lexical`, `hybrid`); the question's embedding
+    /// call is not included (see `conversa_embeddings_request_seconds`).
+    pub retrieval_seconds: HistogramVec,
 }
 
 impl ActorMetrics {
@@ -113,6 +116,16 @@ impl ActorMetrics {
                 "conversa_human_timeouts_total",
                 "Human-timeout deadlines fired",
             )?,
+            retrieval_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "conversa_retrieval_seconds",
+                    "Knowledge retrieval and the decision of a turn, by mode (lexical, hybrid)",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+                ]),
+                &["mode"],
+            )?,
         };
         registry.register(Box::new(m.turns.clone()))?;
         registry.register(Box::new(m.turn_messages.clone()))?;
@@ -127,6 +140,7 @@ impl ActorMetrics {
         registry.register(Box::new(m.sends.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.deadlines_fired.clone()))?;
+        registry.register(Box::new(m.retrieval_seconds.clone()))?;
         Ok(m)
     }
 

@@ -8,12 +8,13 @@ use std::time::Duration;
 use actors::{ActorMetrics, Clock, Deps, Engine, TenantDirectory, TreePolicy};
 use engine::conversation::ConversationState;
 use engine::events::EventBody;
-use engine::knowledge::{KnowledgeIndex, chunk};
+use engine::knowledge::{ChunkEmbedding, KnowledgeIndex, chunk};
 use engine::message::{Author, Direction, InboxKind, IngestItem, IngestOutcome};
 use engine::ports::Store;
 use engine::tenant::TenantStatus;
 use engine::testsuite::{
-    CollectingEvents, MemoryStore, RecordingFactory, RecordingProvider, inbound, tenant,
+    CollectingEvents, HASHING_MODEL, HashingEmbedder, MemoryStore, RecordingFactory,
+    RecordingProvider, hashing_embedding, inbound, tenant,
 };
 use engine::{ContactId, Reason, TenantId, Timestamp};
 
@@ -40,6 +41,11 @@ impl Harness {
     }
 
     async fn with_store(store: MemoryStore) -> Self {
+        Self::build(store, None).await
+    }
+
+    /// With an embedder, the tenants' chunks carry its vectors and retrieval is hybrid.
+    async fn build(store: MemoryStore, embedder: Option<HashingEmbedder>) -> Self {
         let provider = RecordingProvider::new();
         let events = CollectingEvents::default();
         let directory = TenantDirectory::new(Arc::new(RecordingFactory(provider.clone())));
@@ -49,7 +55,16 @@ impl Harness {
             if store.get_tenant(&t.id).await.unwrap().is_none() {
                 store.create_tenant(&t).await.unwrap();
             }
-            let index = Arc::new(KnowledgeIndex::build(chunk(KNOWLEDGE).unwrap()));
+            let mut chunks = chunk(KNOWLEDGE).unwrap();
+            if embedder.is_some() {
+                for c in &mut chunks {
+                    c.embedding = Some(ChunkEmbedding {
+                        model: HASHING_MODEL.into(),
+                        vector: hashing_embedding(&c.text),
+                    });
+                }
+            }
+            let index = Arc::new(KnowledgeIndex::build(chunks));
             directory.upsert(t, Some(index));
         }
         let deps = Deps {
@@ -65,6 +80,7 @@ impl Harness {
             },
             metrics: metrics.clone(),
             llm: None,
+            embedder: embedder.map(|e| Arc::new(e) as Arc<dyn engine::ports::Embedder>),
             prompts: Default::default(),
         };
         let engine = actors::start(deps).await.unwrap();
@@ -625,4 +641,72 @@ async fn a_tenant_burst_is_paced_to_its_outbound_rate() {
     );
     run_for(5.0).await;
     assert_eq!(h.provider.sent().len(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_retrieval_decides_turns_and_a_failed_embedding_falls_back_to_lexical() {
+    let embedder = HashingEmbedder::new();
+    let mut h = Harness::build(MemoryStore::new(), Some(embedder.clone())).await;
+    h.customer("loja", ALICE, "vocês entregam em são paulo?")
+        .await;
+    run_for(5.0).await;
+    let sent = h.sent_to(ALICE);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("entregas"), "{sent:?}");
+    assert_eq!(embedder.calls(), 1, "the turn was embedded");
+
+    // Small talk needs no knowledge: nothing is embedded for it.
+    h.customer("loja", BOB, "oi").await;
+    run_for(5.0).await;
+    assert_eq!(embedder.calls(), 1);
+
+    embedder.fail(true);
+    h.customer("loja", BOB, "qual o horário de funcionamento?")
+        .await;
+    run_for(5.0).await;
+    let sent = h.sent_to(BOB);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[1].contains("9h"), "{sent:?}");
+    let retrieval = &h.metrics.retrieval_seconds;
+    assert_eq!(
+        retrieval.with_label_values(&["hybrid"]).get_sample_count(),
+        1
+    );
+    assert_eq!(
+        retrieval.with_label_values(&["lexical"]).get_sample_count(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_during_the_embedding_joins_the_next_turn_and_a_takeover_silences_it() {
+    let embedder = HashingEmbedder::with_delay(Duration::from_secs(3));
+    let mut h = Harness::build(MemoryStore::new(), Some(embedder.clone())).await;
+    h.customer("loja", ALICE, "vocês entregam em são paulo?")
+        .await;
+    // Past the debounce: the turn is being embedded.
+    run_for(2.5).await;
+    assert_eq!(embedder.calls(), 1);
+    h.customer("loja", ALICE, "qual o horário de funcionamento?")
+        .await;
+    run_for(10.0).await;
+    let sent = h.sent_to(ALICE);
+    assert_eq!(sent.len(), 2, "one answer per turn: {sent:?}");
+    assert!(
+        sent[0].contains("entregas") && sent[1].contains("9h"),
+        "{sent:?}"
+    );
+
+    h.customer("loja", BOB, "vocês fazem trocas?").await;
+    run_for(2.5).await;
+    h.engine
+        .handle
+        .takeover(&tid("loja"), &c(BOB))
+        .await
+        .unwrap();
+    run_for(10.0).await;
+    assert!(
+        h.sent_to(BOB).is_empty(),
+        "no answer once a human took over"
+    );
 }

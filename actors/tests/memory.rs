@@ -37,6 +37,7 @@ async fn memory_per_live_conversation_actor() {
         },
         metrics: Arc::new(ActorMetrics::unregistered()),
         llm: None,
+        embedder: None,
         prompts: Default::default(),
     };
     let engine = actors::start(deps).await.unwrap();

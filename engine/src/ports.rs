@@ -237,6 +237,23 @@ pub trait Llm: Send + Sync + Debug {
     ) -> Result<LlmAnswer, LlmError>;
 }
 
+/// Why an embeddings call failed (after the implementation's own retries).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("embeddings failed: {0}")]
+pub struct EmbedError(pub String);
+
+/// An embeddings endpoint. Implementations bound every call (timeouts, retries, breaker).
+#[async_trait]
+pub trait Embedder: Send + Sync + Debug {
+    /// The model the vectors come from; stored with each chunk's vector.
+    fn model(&self) -> &str;
+    /// How this model's cosines map onto the confidence scale.
+    fn calibration(&self) -> crate::knowledge::DenseCalibration;
+    /// One vector per text, in order. `tenant` labels metrics.
+    async fn embed(&self, tenant: &TenantId, texts: &[String])
+    -> Result<Vec<Vec<f32>>, EmbedError>;
+}
+
 /// Where dashboard events go. Must not block: implementations queue or drop, never wait.
 pub trait EventSink: Send + Sync + Debug {
     fn publish(&self, tenant: &TenantId, contact: &ContactId, at: Timestamp, body: EventBody);

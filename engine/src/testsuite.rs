@@ -5,6 +5,9 @@
 //! [`conformance`] is the one suite every [`Store`] implementation must pass.
 
 pub mod conformance;
+mod hashing;
+
+pub use hashing::{HASHING_DIMENSIONS, HASHING_MODEL, HashingEmbedder, hashing_embedding};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

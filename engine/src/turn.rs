@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::conversation::{ConversationState, Reason};
-use crate::knowledge::{Hit, KnowledgeIndex, extractive_answer};
+use crate::knowledge::{DenseQuery, Hit, KnowledgeIndex, extractive_answer};
 use crate::smalltalk::{SmallTalk, small_talk, small_talk_reply};
 use crate::tenant::{TenantSettings, TenantStatus};
 use crate::text::contains_phrase;
@@ -94,34 +94,24 @@ pub fn decide(
     settings: &TenantSettings,
     index: &KnowledgeIndex,
 ) -> TurnDecision {
-    if status == TenantStatus::Suspended {
-        return TurnDecision::Silent {
-            why: Silence::Suspended,
-        };
+    decide_with(text, state, status, settings, index, None)
+}
+
+/// [`decide`] with the turn's embedding, when there is one: retrieval is then hybrid (see
+/// [`KnowledgeIndex::search_with`]). Callers embed the turn only when [`needs_retrieval`] says the
+/// decision will look at the knowledge.
+pub fn decide_with(
+    text: &str,
+    state: ConversationState,
+    status: TenantStatus,
+    settings: &TenantSettings,
+    index: &KnowledgeIndex,
+    dense: Option<&DenseQuery>,
+) -> TurnDecision {
+    if let Some(decision) = decide_without_knowledge(text, state, status, settings) {
+        return decision;
     }
-    if state.human_in_charge() {
-        return TurnDecision::Silent {
-            why: Silence::HumanInCharge,
-        };
-    }
-    if settings
-        .handoff_keywords
-        .iter()
-        .any(|k| contains_phrase(text, k))
-    {
-        return TurnDecision::Handoff {
-            reason: Reason::HandoffKeyword,
-            reply: settings.fallback_message.clone(),
-            confidence: 0.0,
-        };
-    }
-    if let Some(kind) = small_talk(text) {
-        return TurnDecision::SmallTalk {
-            reply: small_talk_reply(kind, &settings.greeting),
-            kind: kind.into(),
-        };
-    }
-    let hits = index.search(text, TOP_K);
+    let hits = index.search_with(text, dense, TOP_K);
     let confidence = hits.first().map_or(0.0, |h| h.score);
     match hits.first() {
         Some(best) if confidence >= settings.confidence_threshold => TurnDecision::Answer {
@@ -135,6 +125,51 @@ pub fn decide(
             confidence,
         },
     }
+}
+
+/// Whether deciding this turn will search the knowledge (it is not silenced, not a handoff
+/// keyword, not small talk).
+pub fn needs_retrieval(
+    text: &str,
+    state: ConversationState,
+    status: TenantStatus,
+    settings: &TenantSettings,
+) -> bool {
+    decide_without_knowledge(text, state, status, settings).is_none()
+}
+
+/// The decisions that need no knowledge: silence, a handoff keyword, small talk.
+fn decide_without_knowledge(
+    text: &str,
+    state: ConversationState,
+    status: TenantStatus,
+    settings: &TenantSettings,
+) -> Option<TurnDecision> {
+    if status == TenantStatus::Suspended {
+        return Some(TurnDecision::Silent {
+            why: Silence::Suspended,
+        });
+    }
+    if state.human_in_charge() {
+        return Some(TurnDecision::Silent {
+            why: Silence::HumanInCharge,
+        });
+    }
+    if settings
+        .handoff_keywords
+        .iter()
+        .any(|k| contains_phrase(text, k))
+    {
+        return Some(TurnDecision::Handoff {
+            reason: Reason::HandoffKeyword,
+            reply: settings.fallback_message.clone(),
+            confidence: 0.0,
+        });
+    }
+    small_talk(text).map(|kind| TurnDecision::SmallTalk {
+        reply: small_talk_reply(kind, &settings.greeting),
+        kind: kind.into(),
+    })
 }
 
 #[cfg(test)]

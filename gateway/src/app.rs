@@ -44,6 +44,12 @@ pub struct Inner {
     api_keys: RwLock<HashMap<String, TenantId>>,
     /// The Redis hot state, when `CONVERSA_REDIS_URL` is set (set once, right after building).
     pub hot: std::sync::OnceLock<crate::hot::Hot>,
+    /// The embeddings client, when `CONVERSA_EMBEDDINGS_MODEL` is set (set once, right after
+    /// building).
+    pub embedder: std::sync::OnceLock<Arc<crate::embeddings::OpenAiEmbedder>>,
+    /// Held while a knowledge text is embedded and stored, so two saves (or a save and the start
+    /// backfill) on this node never interleave.
+    pub knowledge_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -81,6 +87,8 @@ impl AppState {
             accepting: AtomicBool::new(true),
             api_keys: RwLock::new(HashMap::new()),
             hot: std::sync::OnceLock::new(),
+            embedder: std::sync::OnceLock::new(),
+            knowledge_lock: Arc::default(),
         }));
         state.reindex_api_keys();
         state

@@ -142,6 +142,44 @@ pub struct Config {
     /// Model prices for cost metrics, JSON: `{"gpt-4o-mini":{"input":0.00015,"output":0.0006}}` (USD per 1,000 tokens).
     #[arg(long, env = "CONVERSA_LLM_PRICES", default_value = "{}", global = true)]
     pub llm_prices: String,
+    /// Embedding model; when set, knowledge chunks and customer turns are embedded and retrieval is
+    /// hybrid (dense cosine + lexical).
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_MODEL", global = true)]
+    pub embeddings_model: Option<String>,
+    /// Base URL of the OpenAI-compatible embeddings endpoint (default: `OPENAI_BASE_URL`).
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_BASE_URL", global = true)]
+    pub embeddings_base_url: Option<String>,
+    /// API key of the embeddings endpoint (default: `OPENAI_API_KEY`).
+    #[arg(
+        long,
+        env = "CONVERSA_EMBEDDINGS_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub embeddings_api_key: Option<String>,
+    /// Vector length asked of models that can shorten theirs (`text-embedding-3-*`).
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_DIMENSIONS", global = true)]
+    pub embeddings_dimensions: Option<u32>,
+    /// Timeout of each embeddings attempt.
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub embeddings_timeout: Duration,
+    /// Texts per embeddings request.
+    #[arg(
+        long,
+        env = "CONVERSA_EMBEDDINGS_BATCH",
+        default_value_t = 64,
+        global = true
+    )]
+    pub embeddings_batch: usize,
+    /// The cosine at and below which a chunk's dense score is 0 (calibrate per model).
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_COSINE_FLOOR", default_value_t = engine::knowledge::DenseCalibration::default().floor, global = true)]
+    pub embeddings_cosine_floor: f32,
+    /// The cosine at and above which a chunk's dense score is 1 (calibrate per model).
+    #[arg(long, env = "CONVERSA_EMBEDDINGS_COSINE_CEILING", default_value_t = engine::knowledge::DenseCalibration::default().ceiling, global = true)]
+    pub embeddings_cosine_ceiling: f32,
+    /// The dense score's share of the hybrid confidence, in [0, 1].
+    #[arg(long, env = "CONVERSA_HYBRID_DENSE_WEIGHT", default_value_t = engine::knowledge::DenseCalibration::default().weight, global = true)]
+    pub hybrid_dense_weight: f32,
     /// A conversation actor with no activity for this many seconds is stopped.
     #[arg(long, env = "CONVERSA_IDLE_SECS", default_value_t = 600, global = true)]
     pub idle_secs: u64,
@@ -244,6 +282,16 @@ impl std::fmt::Debug for Config {
             .field("openai_base_url", &self.openai_base_url)
             .field("llm_timeout", &self.llm_timeout)
             .field("llm_attempts", &self.llm_attempts)
+            .field("embeddings_model", &self.embeddings_model)
+            .field("embeddings_base_url", &self.embeddings_base_url)
+            .field(
+                "embeddings_api_key",
+                &self.embeddings_api_key.as_ref().map(|_| "<set>"),
+            )
+            .field("embeddings_dimensions", &self.embeddings_dimensions)
+            .field("embeddings_timeout", &self.embeddings_timeout)
+            .field("embeddings_batch", &self.embeddings_batch)
+            .field("embeddings_calibration", &self.dense_calibration())
             .field("idle_secs", &self.idle_secs)
             .field("log", &self.log)
             .field("log_format", &self.log_format)
@@ -288,6 +336,19 @@ impl Config {
             return Err("CONVERSA_LLM_ATTEMPTS must be between 1 and 10".into());
         }
         self.prices()?;
+        self.dense_calibration().validate().map_err(|e| {
+            format!("CONVERSA_EMBEDDINGS_COSINE_FLOOR/CEILING, CONVERSA_HYBRID_DENSE_WEIGHT: {e}")
+        })?;
+        if self.embeddings_batch == 0 || self.embeddings_batch > 2048 {
+            return Err("CONVERSA_EMBEDDINGS_BATCH must be between 1 and 2048".into());
+        }
+        if self
+            .embeddings_model
+            .as_ref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return Err("CONVERSA_EMBEDDINGS_MODEL must not be empty when set".into());
+        }
         serde_json::from_str::<serde_json::Value>(&self.scylla_replication)
             .map_err(|e| format!("CONVERSA_SCYLLA_REPLICATION is not JSON: {e}"))?;
         if schema::scylla::parse_consistency(&self.scylla_consistency).is_none() {
@@ -352,6 +413,41 @@ impl Config {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
             prices: self.prices().unwrap_or_default(),
+        })
+    }
+
+    /// How the embedding model's cosines become confidence.
+    pub fn dense_calibration(&self) -> engine::knowledge::DenseCalibration {
+        engine::knowledge::DenseCalibration {
+            floor: self.embeddings_cosine_floor,
+            ceiling: self.embeddings_cosine_ceiling,
+            weight: self.hybrid_dense_weight,
+        }
+    }
+
+    /// The embeddings settings, when `CONVERSA_EMBEDDINGS_MODEL` is set.
+    pub fn embeddings(&self) -> Option<crate::embeddings::EmbeddingsSettings> {
+        let model = self.embeddings_model.clone()?;
+        Some(crate::embeddings::EmbeddingsSettings {
+            base_url: self
+                .embeddings_base_url
+                .clone()
+                .or_else(|| self.openai_base_url.clone())
+                .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            api_key: self
+                .embeddings_api_key
+                .clone()
+                .or_else(|| self.openai_api_key.clone())
+                .unwrap_or_default(),
+            model,
+            dimensions: self.embeddings_dimensions,
+            timeout: self.embeddings_timeout,
+            attempts: self.llm_attempts,
+            backoff_base: Duration::from_millis(250),
+            batch: self.embeddings_batch,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            calibration: self.dense_calibration(),
         })
     }
 

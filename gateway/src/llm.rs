@@ -11,7 +11,6 @@
 //! endpoint does not hold every conversation for the full retry budget.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_openai::Client;
@@ -104,18 +103,12 @@ impl LlmMetrics {
     }
 }
 
-#[derive(Debug, Default)]
-struct Breaker {
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
-}
-
 #[derive(Debug)]
 pub struct OpenAiLlm {
     client: Client<OpenAIConfig>,
     settings: LlmSettings,
     metrics: LlmMetrics,
-    breaker: Mutex<Breaker>,
+    breaker: crate::breaker::Breaker,
 }
 
 impl OpenAiLlm {
@@ -129,39 +122,25 @@ impl OpenAiLlm {
             .user_agent(concat!("conversa/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("building an HTTP client with rustls should not fail");
+        let breaker = crate::breaker::Breaker::new(
+            settings.breaker_failures,
+            settings.breaker_cooldown,
+            metrics.breaker_open.clone(),
+        );
         Self {
             client: Client::with_config(config).with_http_client(http),
             settings,
             metrics,
-            breaker: Mutex::default(),
+            breaker,
         }
     }
 
     fn breaker_allows(&self) -> bool {
-        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        match b.open_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                // Half-open: let this call through; a failure re-opens at once.
-                b.open_until = None;
-                b.consecutive_failures = self.settings.breaker_failures.saturating_sub(1);
-                self.metrics.breaker_open.set(0);
-                true
-            }
-            None => true,
-        }
+        self.breaker.allows()
     }
 
     fn record(&self, ok: bool) {
-        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
-            b.consecutive_failures = 0;
-            return;
-        }
-        b.consecutive_failures += 1;
-        if b.consecutive_failures >= self.settings.breaker_failures {
-            b.open_until = Some(Instant::now() + self.settings.breaker_cooldown);
-            self.metrics.breaker_open.set(1);
+        if self.breaker.record(ok) {
             tracing::warn!(cooldown = ?self.settings.breaker_cooldown, "llm circuit breaker open");
         }
     }
@@ -237,29 +216,27 @@ impl OpenAiLlm {
             completion_tokens,
         })
     }
+}
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = self
-            .settings
-            .backoff_base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(6));
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        base.mul_f64(jitter)
-    }
+/// The wait before retry number `attempt` (1-based): `base` doubling, with jitter.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let base = base.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    base.mul_f64(jitter)
 }
 
 /// What one attempt tells the retry loop.
-enum Attempt {
+pub(crate) enum Attempt {
     Retry(String),
     Fail(String),
     Empty(String),
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
-fn classify(e: &OpenAIError) -> Attempt {
+pub(crate) fn classify(e: &OpenAIError) -> Attempt {
     match e {
         // Connection errors, 429 and 5xx were already retried by async-openai's own layer.
         OpenAIError::Reqwest(re) if re.is_timeout() || re.is_body() || re.is_decode() => {
@@ -328,7 +305,7 @@ impl Llm for OpenAiLlm {
                     last = why;
                     if attempt < attempts {
                         self.metrics.retries.with_label_values(&[model]).inc();
-                        tokio::time::sleep(self.backoff(attempt)).await;
+                        tokio::time::sleep(backoff(self.settings.backoff_base, attempt)).await;
                     }
                 }
             }

@@ -138,6 +138,16 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
             None
         }
     };
+    let embedder: Option<Arc<crate::embeddings::OpenAiEmbedder>> = match config.embeddings() {
+        Some(settings) => {
+            tracing::info!(base_url = %settings.base_url, model = %settings.model, "retrieval is hybrid: knowledge and turns are embedded");
+            Some(Arc::new(crate::embeddings::OpenAiEmbedder::new(
+                settings,
+                crate::embeddings::EmbeddingsMetrics::new(&registry)?,
+            )))
+        }
+        None => None,
+    };
     let hub = Arc::new(EventHub::new(
         StreamSettings::from_config(config),
         gateway_metrics.events_published.clone(),
@@ -175,6 +185,9 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
         metrics: actor_metrics.clone(),
         llm,
         prompts: actors::prompts::PromptLog::default(),
+        embedder: embedder
+            .clone()
+            .map(|e| e as Arc<dyn engine::ports::Embedder>),
     };
     let engine = actors::start(deps).await?;
     let admin_token = match &config.admin_token {
@@ -200,6 +213,15 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
     );
     if let Some(hot) = hot {
         let _ = state.hot.set(hot);
+    }
+    if let Some(embedder) = embedder {
+        let _ = state.embedder.set(embedder.clone());
+        tokio::spawn(crate::embeddings::backfill(
+            embedder,
+            state.store.clone(),
+            state.directory.clone(),
+            state.knowledge_lock.clone(),
+        ));
     }
     Ok((state, engine))
 }

@@ -40,10 +40,10 @@ pub fn chunk(text: &str) -> Result<Vec<Chunk>, KnowledgeError> {
     while start < words.len() {
         let end = chunk_end(&words, start);
         let id = u32::try_from(chunks.len()).expect("at most 50,000 chunks");
-        chunks.push(Chunk {
+        chunks.push(Chunk::new(
             id,
-            text: text[words[start].bytes.0..words[end].bytes.1].to_owned(),
-        });
+            &text[words[start].bytes.0..words[end].bytes.1],
+        ));
         if end + 1 == words.len() {
             break;
         }

@@ -3,11 +3,17 @@
 //!
 //! Chunks are ranked by that coverage, ties broken by BM25. All term statistics are computed in
 //! [`KnowledgeIndex::build`], so a search is a few hash look-ups per query term.
+//!
+//! When every chunk carries an embedding of one model and the question's embedding of that model
+//! is given ([`KnowledgeIndex::search_with`]), retrieval is hybrid: each chunk scores the blend of
+//! its lexical coverage and its calibrated cosine ([`DenseCalibration::blend`]), still in `[0, 1]`
+//! and still compared with the tenant's `confidence_threshold`.
 
 use std::collections::HashMap;
 
 use super::Chunk;
 use super::chunk::sentences;
+use super::dense::{self, DenseQuery};
 use crate::text::{self, WordTerm};
 
 /// BM25 term-frequency saturation.
@@ -38,6 +44,37 @@ pub struct KnowledgeIndex {
     average_chunk_length: f32,
     /// The weight of a query term that occurs in no chunk.
     unseen_weight: f32,
+    /// Unit-length chunk vectors, by chunk position, when every chunk has one of the same model.
+    dense: Option<DenseVectors>,
+}
+
+/// The chunks' embeddings, all of one model and one dimension.
+#[derive(Debug, Clone)]
+struct DenseVectors {
+    model: String,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl DenseVectors {
+    /// Takes the embeddings out of `chunks`; `None` unless every chunk has a usable one of the
+    /// same model and dimension.
+    fn take(chunks: &mut [Chunk]) -> Option<Self> {
+        let embeddings: Vec<_> = chunks.iter_mut().map(|c| c.embedding.take()).collect();
+        let model = embeddings.first()?.as_ref()?.model.clone();
+        let mut vectors = Vec::with_capacity(embeddings.len());
+        for embedding in embeddings {
+            let embedding = embedding.filter(|e| e.model == model)?;
+            let vector = dense::normalized(&embedding.vector)?;
+            if vectors
+                .first()
+                .is_some_and(|first: &Vec<f32>| first.len() != vector.len())
+            {
+                return None;
+            }
+            vectors.push(vector);
+        }
+        Some(Self { model, vectors })
+    }
 }
 
 /// A content word as written in the knowledge, with what the typo search needs to skip it fast.
@@ -59,8 +96,11 @@ struct TermStats {
 }
 
 impl KnowledgeIndex {
-    /// Indexes `chunks`; their order is kept and their ids are reported in hits.
-    pub fn build(chunks: Vec<Chunk>) -> Self {
+    /// Indexes `chunks`; their order is kept and their ids are reported in hits. Their embeddings,
+    /// when every chunk has one of the same model, make hybrid search possible
+    /// ([`KnowledgeIndex::embedding_model`]); the indexed chunks keep no embedding.
+    pub fn build(mut chunks: Vec<Chunk>) -> Self {
+        let dense = DenseVectors::take(&mut chunks);
         let mut term_ids: HashMap<String, usize> = HashMap::new();
         let mut terms: Vec<TermStats> = Vec::new();
         let mut surface_words: HashMap<String, usize> = HashMap::new();
@@ -113,7 +153,13 @@ impl KnowledgeIndex {
             chunk_lengths,
             average_chunk_length,
             unseen_weight: inverse_document_frequency(num_chunks, 0),
+            dense,
         }
+    }
+
+    /// The model of the chunks' embeddings when hybrid search is possible.
+    pub fn embedding_model(&self) -> Option<&str> {
+        self.dense.as_ref().map(|d| d.model.as_str())
     }
 
     /// Whether there is no knowledge to search.
@@ -128,6 +174,14 @@ impl KnowledgeIndex {
 
     /// The `k` chunks that best answer `query`, best first; chunks sharing no term are left out.
     pub fn search(&self, query: &str, k: usize) -> Vec<Hit> {
+        self.search_with(query, None, k)
+    }
+
+    /// Like [`KnowledgeIndex::search`], hybrid when `dense` is given, of the chunks' model, and
+    /// the chunks have vectors: each chunk then scores the calibrated blend of its lexical coverage
+    /// and its cosine with the question, and a chunk sharing no term can still match on meaning.
+    /// A question with no content terms ("?") matches nothing either way.
+    pub fn search_with(&self, query: &str, dense: Option<&DenseQuery>, k: usize) -> Vec<Hit> {
         if self.is_empty() || k == 0 {
             return Vec::new();
         }
@@ -135,6 +189,11 @@ impl KnowledgeIndex {
         if query_terms.is_empty() {
             return Vec::new();
         }
+        let vectors = self
+            .dense
+            .as_ref()
+            .zip(dense)
+            .filter(|(chunks, query)| chunks.model == query.model);
         let mut total_weight = 0.0;
         let mut matched_weight = vec![0.0_f32; self.chunks.len()];
         let mut bm25 = vec![0.0_f32; self.chunks.len()];
@@ -149,12 +208,24 @@ impl KnowledgeIndex {
                 bm25[position] += term.weight * self.saturate(frequency, position);
             }
         }
+        let scores: Vec<f32> = (0..self.chunks.len())
+            .map(|position| {
+                let lexical = (matched_weight[position] / total_weight).clamp(0.0, 1.0);
+                match vectors {
+                    Some((chunks, query)) => query.calibration.blend(
+                        lexical,
+                        dense::cosine(&chunks.vectors[position], &query.vector),
+                    ),
+                    None => lexical,
+                }
+            })
+            .collect();
         let mut ranked: Vec<usize> = (0..self.chunks.len())
-            .filter(|&position| matched_weight[position] > 0.0)
+            .filter(|&position| scores[position] > 0.0)
             .collect();
         ranked.sort_by(|&left, &right| {
-            matched_weight[right]
-                .total_cmp(&matched_weight[left])
+            scores[right]
+                .total_cmp(&scores[left])
                 .then(bm25[right].total_cmp(&bm25[left]))
                 .then(left.cmp(&right))
         });
@@ -164,7 +235,7 @@ impl KnowledgeIndex {
             .map(|position| Hit {
                 chunk: self.chunks[position].id,
                 text: self.chunks[position].text.clone(),
-                score: (matched_weight[position] / total_weight).clamp(0.0, 1.0),
+                score: scores[position],
             })
             .collect()
     }
@@ -180,7 +251,14 @@ impl KnowledgeIndex {
     /// word it resembles. Coverage does not grow with the size of the knowledge, so one threshold
     /// (the tenant's `confidence_threshold`, 0.5 by default) suits every tenant.
     pub fn confidence(&self, query: &str) -> f32 {
-        self.search(query, 1).first().map_or(0.0, |hit| hit.score)
+        self.confidence_with(query, None)
+    }
+
+    /// [`KnowledgeIndex::confidence`], hybrid as in [`KnowledgeIndex::search_with`].
+    pub fn confidence_with(&self, query: &str, dense: Option<&DenseQuery>) -> f32 {
+        self.search_with(query, dense, 1)
+            .first()
+            .map_or(0.0, |hit| hit.score)
     }
 
     /// The indexed term a query word stands for: its own term, or failing that the term of the
@@ -441,10 +519,7 @@ mod tests {
         let chunks = sections
             .iter()
             .enumerate()
-            .map(|(id, text)| Chunk {
-                id: id as u32,
-                text: (*text).to_owned(),
-            })
+            .map(|(id, text)| Chunk::new(id as u32, *text))
             .collect();
         KnowledgeIndex::build(chunks)
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::conversation::{Conversation, ConversationState, Reason};
 use crate::error::ErrorKind;
 use crate::ids::{ContactId, MessageId, TenantId};
-use crate::knowledge::Chunk;
+use crate::knowledge::{Chunk, ChunkEmbedding};
 use crate::message::{
     Author, DeliveryStatus, InboxEntry, InboxKind, IngestItem, IngestOutcome, MessageKind,
     OutboxItem, StoredMessage,
@@ -377,13 +377,14 @@ async fn knowledge(store: &dyn Store) {
     let first = Knowledge {
         text: "Horário: seg a sex, 9h às 18h.\n\nEntregamos em São Paulo.".into(),
         chunks: vec![
-            Chunk {
-                id: 0,
-                text: "Horário: seg a sex, 9h às 18h.".into(),
-            },
+            Chunk::new(0, "Horário: seg a sex, 9h às 18h."),
             Chunk {
                 id: 1,
                 text: "Entregamos em São Paulo.".into(),
+                embedding: Some(ChunkEmbedding {
+                    model: "hash-512".into(),
+                    vector: vec![0.25, -0.5, 0.125, 0.0625],
+                }),
             },
         ],
         updated_at: Timestamp(T0),
@@ -1459,10 +1460,7 @@ fn conversation(t: &str, contact: &str, state: ConversationState, at: i64) -> Co
 fn knowledge_of(text: &str, at: i64) -> Knowledge {
     Knowledge {
         text: text.to_owned(),
-        chunks: vec![Chunk {
-            id: 0,
-            text: text.to_owned(),
-        }],
+        chunks: vec![Chunk::new(0, text)],
         updated_at: Timestamp(at),
     }
 }

@@ -113,6 +113,23 @@ pub async fn put_knowledge(
     .map_err(|e| EngineError::Internal(e.to_string()))??;
     let (text, chunks, index) = built;
     let n = chunks.len();
+    let _writing = app.knowledge_lock.lock().await;
+    let (chunks, index, embeddings) = match app.embedder.get() {
+        None => (chunks, index, None),
+        Some(embedder) => {
+            let previous = app.store.get_knowledge(&rt.tenant.id).await?;
+            let (chunks, report) =
+                crate::embeddings::embed_chunks(embedder, chunks, previous.as_ref()).await;
+            if let Some(error) = &report.error {
+                tracing::warn!(tenant = %rt.tenant.id, %error, "knowledge saved without vectors; retrieval stays lexical");
+            }
+            let with_vectors = chunks.clone();
+            let index = tokio::task::spawn_blocking(move || KnowledgeIndex::build(with_vectors))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            (chunks, index, Some(report))
+        }
+    };
     let k = Knowledge {
         text,
         chunks,
@@ -121,16 +138,36 @@ pub async fn put_knowledge(
     app.store.put_knowledge(&rt.tenant.id, &k).await?;
     app.directory.set_index(&rt.tenant.id, Arc::new(index));
     tracing::info!(tenant = %rt.tenant.id, chars, chunks = n, "knowledge updated");
-    Ok(Json(json!({"chars": chars, "chunks": n})))
+    let mut body = json!({"chars": chars, "chunks": n});
+    if let Some(report) = embeddings {
+        body["embeddings"] = serde_json::to_value(report).unwrap_or(Value::Null);
+    }
+    Ok(Json(body))
 }
 
-pub async fn search_knowledge(TenantAuth(rt): TenantAuth, q: Params) -> ApiResult<Json<Value>> {
+pub async fn search_knowledge(
+    State(app): State<AppState>,
+    TenantAuth(rt): TenantAuth,
+    q: Params,
+) -> ApiResult<Json<Value>> {
     let query = q.get("q").map(|s| s.trim()).unwrap_or_default();
     if query.is_empty() {
         return Err(ApiError::unprocessable("q", "must not be empty"));
     }
     let k = limit(&q, 5, 50)?;
-    let hits = rt.index.search(query, k);
+    let dense = match app.embedder.get() {
+        Some(embedder) => {
+            crate::embeddings::query(
+                embedder.as_ref(),
+                &rt.tenant.id,
+                rt.index.embedding_model(),
+                query,
+            )
+            .await
+        }
+        None => None,
+    };
+    let hits = rt.index.search_with(query, dense.as_ref(), k);
     Ok(Json(Value::Array(
         hits.into_iter()
             .map(|h| json!({"chunk": h.chunk, "text": h.text, "score": h.score}))

@@ -1,5 +1,6 @@
 //! Test peers for the LLM tests: a fake Evolution API that records what Conversa sends, a server
-//! speaking the OpenAI chat-completions protocol with scripted behaviour, and a running Conversa.
+//! speaking the OpenAI chat-completions protocol with scripted behaviour (and `/v1/embeddings`,
+//! answered with real bag-of-words hashing vectors), and a running Conversa.
 
 #![allow(dead_code)]
 
@@ -84,6 +85,10 @@ pub(crate) struct FakeLlm {
     /// Behaviours consumed in order; the last one repeats.
     pub(crate) script: Arc<Mutex<Vec<Script>>>,
     pub(crate) requests: Arc<Mutex<Vec<Value>>>,
+    /// The inputs of every embeddings request, one list per request.
+    pub(crate) embedded: Arc<Mutex<Vec<Vec<String>>>>,
+    /// While true, `/v1/embeddings` answers 503.
+    pub(crate) embeddings_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeLlm {
@@ -91,9 +96,12 @@ impl FakeLlm {
         let fake = Self {
             script: Arc::new(Mutex::new(script)),
             requests: Arc::default(),
+            embedded: Arc::default(),
+            embeddings_down: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(chat))
+            .route("/v1/embeddings", axum::routing::post(embeddings))
             .with_state(fake.clone());
         (fake, serve(app).await)
     }
@@ -105,6 +113,56 @@ impl FakeLlm {
     pub(crate) fn requests(&self) -> Vec<Value> {
         self.requests.lock().unwrap().clone()
     }
+
+    pub(crate) fn embedded(&self) -> Vec<Vec<String>> {
+        self.embedded.lock().unwrap().clone()
+    }
+
+    pub(crate) fn embeddings_down(&self, down: bool) {
+        self.embeddings_down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `/v1/embeddings` per the OpenAI protocol: a string or an array of strings in, one vector per
+/// input out (in reverse order, with their indexes, as servers may do).
+async fn embeddings(
+    State(fake): State<FakeLlm>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        _ => return (StatusCode::BAD_REQUEST, "input must be text").into_response(),
+    };
+    fake.embedded.lock().unwrap().push(inputs.clone());
+    if fake
+        .embeddings_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": {"message": "down", "type": "server_error", "param": null, "code": null}})),
+        )
+            .into_response();
+    }
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, text)| {
+            json!({"object": "embedding", "index": index,
+                   "embedding": engine::testsuite::hashing_embedding(text)})
+        })
+        .collect();
+    axum::Json(json!({
+        "object": "list", "model": body["model"], "data": data,
+        "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}
+    }))
+    .into_response()
 }
 
 async fn chat(

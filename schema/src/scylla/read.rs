@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use engine::conversation::{Conversation, ConversationState};
-use engine::knowledge::Chunk;
+use engine::knowledge::{Chunk, ChunkEmbedding};
 use engine::message::{InboxEntry, InboxKind, OutboxItem, StoredMessage};
 use engine::ports::{DueDeadline, Knowledge, Page, StoreResult};
 use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
@@ -40,14 +40,19 @@ pub(crate) async fn get_knowledge(db: &Db, tenant: &TenantId) -> StoreResult<Opt
     let Some((text, Some(version), updated_at)) = row else {
         return Ok(None);
     };
-    let chunks: Vec<(i32, Option<String>)> = db.rows(&db.st.chunks_get, (t, version)).await?;
+    type ChunkRow = (i32, Option<String>, Option<Vec<f32>>, Option<String>);
+    let chunks: Vec<ChunkRow> = db.rows(&db.st.chunks_get, (t, version)).await?;
     Ok(Some(Knowledge {
         text: text.unwrap_or_default(),
         chunks: chunks
             .into_iter()
-            .map(|(id, text)| Chunk {
+            .map(|(id, text, vector, model)| Chunk {
                 id: u32::try_from(id).unwrap_or_default(),
                 text: text.unwrap_or_default(),
+                embedding: match (vector, model) {
+                    (Some(vector), Some(model)) => Some(ChunkEmbedding { model, vector }),
+                    _ => None,
+                },
             })
             .collect(),
         updated_at: Timestamp(updated_at.unwrap_or(0)),

@@ -58,8 +58,8 @@ statements! {
     knowledge_get: false => "SELECT text, version, updated_at FROM knowledge WHERE tenant = ?",
     knowledge_put: false => "INSERT INTO knowledge (tenant, text, version, updated_at) VALUES (?, ?, ?, ?)",
     knowledge_delete: false => "DELETE FROM knowledge WHERE tenant = ?",
-    chunk_insert: false => "INSERT INTO knowledge_chunks (tenant, version, chunk, text) VALUES (?, ?, ?, ?)",
-    chunks_get: false => "SELECT chunk, text FROM knowledge_chunks WHERE tenant = ? AND version = ?",
+    chunk_insert: false => "INSERT INTO knowledge_chunks (tenant, version, chunk, text, embedding, embedding_model) VALUES (?, ?, ?, ?, ?, ?)",
+    chunks_get: false => "SELECT chunk, text, embedding, embedding_model FROM knowledge_chunks WHERE tenant = ? AND version = ?",
     chunks_drop: false => "DELETE FROM knowledge_chunks WHERE tenant = ? AND version = ?",
 
     // conversations (every write is a lightweight transaction on `version`)

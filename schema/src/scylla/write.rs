@@ -613,11 +613,14 @@ pub(crate) async fn put_knowledge(
         let mut values = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             batch.append_statement(db.st.chunk_insert.clone());
+            let embedding = chunk.embedding.as_ref();
             values.push((
                 t,
                 version,
                 i32::try_from(chunk.id).unwrap_or(i32::MAX),
                 chunk.text.as_str(),
+                embedding.map(|e| e.vector.as_slice()),
+                embedding.map(|e| e.model.as_str()),
             ));
         }
         batch.set_consistency(db.settings.consistency);
