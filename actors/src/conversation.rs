@@ -762,6 +762,7 @@ impl ConversationActor {
             at: now,
             status: Some(DeliveryStatus::Pending),
             expires_at: now.plus_days(ttl_days),
+            amended: None,
         }
     }
 

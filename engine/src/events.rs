@@ -31,6 +31,12 @@ pub enum EventBody {
     Typing {
         on: bool,
     },
+    /// Its author edited (`text` is the new text) or deleted (`text` is empty) message `id`.
+    Amended {
+        id: String,
+        change: crate::message::Change,
+        text: String,
+    },
 }
 
 impl EventBody {
@@ -40,6 +46,7 @@ impl EventBody {
             Self::State { .. } => "state",
             Self::Delivery { .. } => "delivery",
             Self::Typing { .. } => "typing",
+            Self::Amended { .. } => "amended",
         }
     }
 }

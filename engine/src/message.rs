@@ -133,6 +133,81 @@ pub struct StoredMessage {
     pub status: Option<DeliveryStatus>,
     /// When the message disappears from history (`history_ttl_days` after `at`).
     pub expires_at: Timestamp,
+    /// Set when its author edited or deleted it after it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amended: Option<Amended>,
+}
+
+/// How far back a provider's edit or deletion can reach: WhatsApp allows edits for 15 minutes and
+/// "delete for everyone" for about two and a half days; older messages are not looked up.
+pub const AMEND_LOOKBACK_DAYS: f64 = 3.0;
+
+/// A change its author made to a recorded message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Amendment {
+    /// The new text replaces the old one.
+    Edit(String),
+    /// The author deleted it for everyone: the text is removed from history.
+    Revoke,
+}
+
+/// What happened to a stored message after it was recorded, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amended {
+    pub change: Change,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Edited,
+    Revoked,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Edited => "edited",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "edited" => Some(Self::Edited),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+impl StoredMessage {
+    /// Applies `amendment` made at `at`; `false` (and no change) when the message was already
+    /// deleted, since nothing can be edited or deleted after that.
+    pub fn amend(&mut self, amendment: &Amendment, at: Timestamp) -> bool {
+        if matches!(
+            self.amended,
+            Some(Amended {
+                change: Change::Revoked,
+                ..
+            })
+        ) {
+            return false;
+        }
+        let change = match amendment {
+            Amendment::Edit(text) => {
+                self.text = text.clone();
+                Change::Edited
+            }
+            Amendment::Revoke => {
+                self.text.clear();
+                Change::Revoked
+            }
+        };
+        self.amended = Some(Amended { change, at });
+        true
+    }
 }
 
 impl StoredMessage {

@@ -166,6 +166,17 @@ pub trait Store: Send + Sync + Debug {
         provider_id: &str,
         status: DeliveryStatus,
     ) -> StoreResult<Option<DeliveryUpdate>>;
+    /// Applies an edit or deletion by its author to the message of `contact` with this provider id
+    /// recorded in the last [`crate::message::AMEND_LOOKBACK_DAYS`] and not expired. Returns the
+    /// amended message, or `None` when there is none or it was already deleted.
+    async fn amend_message(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+        provider_id: &str,
+        amendment: &crate::message::Amendment,
+        now: Timestamp,
+    ) -> StoreResult<Option<StoredMessage>>;
     /// Whether Conversa itself sent the message with this provider id (an echo, not a human).
     async fn is_own_message(&self, tenant: &TenantId, provider_id: &str) -> StoreResult<bool>;
 

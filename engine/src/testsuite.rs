@@ -62,6 +62,7 @@ pub fn inbound(tenant: &str, contact: &str, id: &str, text: &str, at: i64) -> St
         at: Timestamp(at),
         status: None,
         expires_at: Timestamp(at).plus_days(30.0),
+        amended: None,
     }
 }
 
@@ -498,6 +499,33 @@ impl Store for MemoryStore {
             }
         }
         Ok(None)
+    }
+
+    async fn amend_message(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+        provider_id: &str,
+        amendment: &crate::message::Amendment,
+        now: Timestamp,
+    ) -> StoreResult<Option<StoredMessage>> {
+        self.check_writable()?;
+        let mut d = lock(&self.data);
+        let since = now.plus_days(-crate::message::AMEND_LOOKBACK_DAYS);
+        let Some(message) = d
+            .messages
+            .get_mut(&(tenant.clone(), contact.clone()))
+            .and_then(|msgs| {
+                msgs.iter_mut().rev().find(|m| {
+                    m.provider_id.as_deref() == Some(provider_id)
+                        && m.at >= since
+                        && m.expires_at > now
+                })
+            })
+        else {
+            return Ok(None);
+        };
+        Ok(message.amend(amendment, now).then(|| message.clone()))
     }
 
     async fn is_own_message(&self, tenant: &TenantId, provider_id: &str) -> StoreResult<bool> {

@@ -102,6 +102,7 @@
   const millis = (iso) => (iso ? Date.parse(iso) || 0 : 0);
 
   function messageText(m) {
+    if (m.amended && m.amended.change === 'revoked') return 'Mensagem apagada';
     if (m.text && m.text.trim() !== '') return m.text;
     return `[${KIND_LABEL[m.kind] || 'Mensagem'}]`;
   }
@@ -549,6 +550,16 @@
           }
         }
         break;
+      case 'amended':
+        if (S.open === e.conversation) {
+          const m = S.messages.get(e.id);
+          if (m) {
+            m.text = e.text;
+            m.amended = { change: e.change, at: e.at };
+            renderMessage(m);
+          }
+        }
+        break;
       case 'typing':
         conv.typing = !!e.on;
         if (S.open === e.conversation) renderTyping();
@@ -692,9 +703,11 @@
     li.dataset.id = m.id;
     li.dataset.author = m.author || '';
     li.dataset.status = m.status || '';
-    const text = el('p', m.text && m.text.trim() ? 'text' : 'text media', messageText(m));
+    const revoked = m.amended && m.amended.change === 'revoked';
+    const text = el('p', m.text && m.text.trim() && !revoked ? 'text' : 'text media', messageText(m));
     const meta = el('p', 'meta');
     meta.append(el('span', 'author', AUTHOR_LABEL[m.author] || ''));
+    if (m.amended && m.amended.change === 'edited') meta.append(el('span', 'edited', 'editada'));
     const time = el('time', null, formatWhen(m.at));
     if (m.at) time.dateTime = m.at;
     meta.append(time);

@@ -226,6 +226,22 @@ impl Store for InstrumentedStore {
         .await
     }
 
+    async fn amend_message(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+        provider_id: &str,
+        amendment: &engine::message::Amendment,
+        now: Timestamp,
+    ) -> StoreResult<Option<StoredMessage>> {
+        self.timed(
+            "amend_message",
+            self.inner
+                .amend_message(tenant, contact, provider_id, amendment, now),
+        )
+        .await
+    }
+
     async fn is_own_message(&self, tenant: &TenantId, provider_id: &str) -> StoreResult<bool> {
         self.timed(
             "is_own_message",

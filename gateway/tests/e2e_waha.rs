@@ -580,14 +580,36 @@ async fn token_tenants_groups_sessions_and_other_events() {
     let (status, body) = post(other, vec![("x-webhook-token", TOKEN.to_owned())]).await;
     assert_eq!((status, &body["ignored"]), (200, &json!(1)), "{body}");
 
-    // Edits and revocations are recorded against the original message (counted, not answered).
+    // Edits and revocations are recorded against the original message (not answered).
+    let original = |conversa_history: &Value| -> Value {
+        conversa_history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["provider_id"] == "3A5D8E1F0B2C4A6E9D71")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let mut edited = fresh("message.text.noweb.json");
     edited["event"] = json!("message.edited");
     edited["payload"]["id"] = json!(format!("false_{MARIA_CHAT}_EDIT1"));
     edited["payload"]["body"] = json!("Vi esse produto no site, ainda tem no M?");
     edited["payload"]["editedMessageId"] = json!("3A5D8E1F0B2C4A6E9D71");
+    let mut unknown = edited.clone();
     let (status, body) = post(edited, vec![("apikey", TOKEN.to_owned())]).await;
     assert_eq!((status, &body["amended"]), (200, &json!(1)), "{body}");
+    let history = conversa
+        .get(&key, &format!("/api/v1/conversations/{MARIA}/messages"))
+        .await;
+    let message = original(&history);
+    assert_eq!(
+        message["text"], "Vi esse produto no site, ainda tem no M?",
+        "{history}"
+    );
+    assert_eq!(message["amended"]["change"], "edited", "{history}");
+    unknown["payload"]["editedMessageId"] = json!("NEVER-SEEN");
+    let (status, body) = post(unknown, vec![("apikey", TOKEN.to_owned())]).await;
+    assert_eq!((status, &body["amended"]), (200, &json!(0)), "{body}");
     let revoked = json!({
         "event": "message.revoked", "session": "default", "timestamp": now_ms(),
         "payload": {
@@ -598,6 +620,12 @@ async fn token_tenants_groups_sessions_and_other_events() {
     });
     let (status, body) = post(revoked, vec![("apikey", TOKEN.to_owned())]).await;
     assert_eq!((status, &body["amended"]), (200, &json!(1)), "{body}");
+    let history = conversa
+        .get(&key, &format!("/api/v1/conversations/{MARIA}/messages"))
+        .await;
+    let message = original(&history);
+    assert_eq!(message["text"], "", "{history}");
+    assert_eq!(message["amended"]["change"], "revoked", "{history}");
 
     eventually("the answer to the webjs message", || {
         !fake.texts_to(MARIA_CHAT).is_empty()
@@ -613,6 +641,7 @@ async fn token_tenants_groups_sessions_and_other_events() {
         r#"conversa_webhook_events_total{provider="waha",result="connection"} 2"#,
         r#"conversa_webhook_events_total{provider="waha",result="edited"} 1"#,
         r#"conversa_webhook_events_total{provider="waha",result="revoked"} 1"#,
+        r#"conversa_webhook_events_total{provider="waha",result="edited_unknown"} 1"#,
         r#"conversa_provider_connection{state="open",tenant="loja-waha-token"} 1"#,
         r#"conversa_provider_connection{state="connecting",tenant="loja-waha-token"} 0"#,
     ] {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use engine::conversation::{Conversation, ConversationState};
 use engine::message::{
-    DeliveryStatus, InboxEntry, IngestItem, IngestOutcome, OutboxItem, StoredMessage,
+    Amendment, DeliveryStatus, InboxEntry, IngestItem, IngestOutcome, OutboxItem, StoredMessage,
 };
 use engine::ports::{
     ConversationCommit, DeliveryUpdate, DueDeadline, Knowledge, Page, Store, StoreResult,
@@ -281,6 +281,26 @@ impl Store for EmbeddedStore {
         let (tenant, provider_id) = (tenant.clone(), provider_id.to_owned());
         self.write(move |conn| command::record_delivery(conn, &tenant, &provider_id, status))
             .await
+    }
+
+    async fn amend_message(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+        provider_id: &str,
+        amendment: &Amendment,
+        now: Timestamp,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let (tenant, contact, provider_id, amendment) = (
+            tenant.clone(),
+            contact.clone(),
+            provider_id.to_owned(),
+            amendment.clone(),
+        );
+        self.write(move |conn| {
+            command::amend_message(conn, &tenant, &contact, &provider_id, &amendment, now)
+        })
+        .await
     }
 
     async fn is_own_message(&self, tenant: &TenantId, provider_id: &str) -> StoreResult<bool> {

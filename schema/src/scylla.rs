@@ -629,6 +629,25 @@ impl Store for ScyllaStore {
         write::record_delivery(self.db().await?, tenant, provider_id, status).await
     }
 
+    async fn amend_message(
+        &self,
+        tenant: &TenantId,
+        contact: &ContactId,
+        provider_id: &str,
+        amendment: &engine::message::Amendment,
+        now: Timestamp,
+    ) -> StoreResult<Option<StoredMessage>> {
+        write::amend_message(
+            self.db().await?,
+            tenant,
+            contact,
+            provider_id,
+            amendment,
+            now,
+        )
+        .await
+    }
+
     async fn is_own_message(&self, tenant: &TenantId, provider_id: &str) -> StoreResult<bool> {
         read::is_own_message(self.db().await?, tenant, provider_id).await
     }

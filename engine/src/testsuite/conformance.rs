@@ -12,8 +12,8 @@ use crate::error::ErrorKind;
 use crate::ids::{ContactId, MessageId, TenantId};
 use crate::knowledge::{Chunk, ChunkEmbedding};
 use crate::message::{
-    Author, DeliveryStatus, InboxEntry, InboxKind, IngestItem, IngestOutcome, MessageKind,
-    OutboxItem, StoredMessage,
+    Amended, Amendment, Author, Change, DeliveryStatus, InboxEntry, InboxKind, IngestItem,
+    IngestOutcome, MessageKind, OutboxItem, StoredMessage,
 };
 use crate::ports::{
     ConversationCommit, DeliveryUpdate, DueDeadline, Knowledge, Store, SweepReport,
@@ -45,6 +45,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     erase_contact(s).await;
     state_counts(s).await;
     delivery_and_echoes(s).await;
+    amendments(s).await;
     tenant_isolation(s).await;
     concurrent_writers(store).await;
 }
@@ -1483,6 +1484,80 @@ async fn commit_only(store: &dyn Store, conversation: Conversation) {
         })
         .await;
     assert!(items.expect("a commit should succeed").is_empty());
+}
+
+/// An edit replaces the text of the message with that provider id, of that contact only; a
+/// deletion empties it and is final; messages older than the look-back are not reached.
+async fn amendments(store: &dyn Store) {
+    let (t, other) = ("cf-amend", "cf-amend-other");
+    let (contact, neighbour) = ("5511900000071", "5511900000072");
+    let mut first = inbound(t, contact, "a-1", "tem no tamanho P?", T0);
+    first.provider_id = Some("wa-a-1".into());
+    let mut second = inbound(t, contact, "a-2", "e na cor azul?", T0 + 1);
+    second.provider_id = Some("wa-a-2".into());
+    store
+        .ingest(
+            &tid(t),
+            vec![item("k-a-1", first, None), item("k-a-2", second, None)],
+            Timestamp(T0 + 1),
+        )
+        .await
+        .unwrap();
+    let amend = |t: &'static str,
+                 contact: &'static str,
+                 id: &'static str,
+                 a: Amendment,
+                 at: i64| async move {
+        store
+            .amend_message(&tid(t), &cid(contact), id, &a, Timestamp(at))
+            .await
+            .unwrap()
+    };
+    let edit = || Amendment::Edit("tem no tamanho M?".into());
+    assert_eq!(
+        amend(t, neighbour, "wa-a-1", edit(), T0 + 5).await,
+        None,
+        "another contact"
+    );
+    assert_eq!(
+        amend(other, contact, "wa-a-1", edit(), T0 + 5).await,
+        None,
+        "another tenant"
+    );
+    assert_eq!(amend(t, contact, "wa-unknown", edit(), T0 + 5).await, None);
+
+    let edited = amend(t, contact, "wa-a-1", edit(), T0 + 5)
+        .await
+        .expect("the message is edited");
+    assert_eq!(edited.id, MessageId("a-1".into()));
+    assert_eq!(edited.text, "tem no tamanho M?");
+    let was_edited = Some(Amended {
+        change: Change::Edited,
+        at: Timestamp(T0 + 5),
+    });
+    assert_eq!(edited.amended, was_edited);
+    assert_eq!(message_in(store, t, contact, "a-1").await, edited);
+
+    let revoked = amend(t, contact, "wa-a-1", Amendment::Revoke, T0 + 6)
+        .await
+        .expect("the message is deleted");
+    assert_eq!(revoked.text, "");
+    assert_eq!(revoked.amended.map(|a| a.change), Some(Change::Revoked));
+    assert_eq!(
+        amend(t, contact, "wa-a-1", edit(), T0 + 7).await,
+        None,
+        "a deletion is final"
+    );
+    assert_eq!(message_in(store, t, contact, "a-1").await, revoked);
+
+    // Beyond the look-back, nothing is reached (the message itself is still in history).
+    let late = T0 + 1 + (crate::message::AMEND_LOOKBACK_DAYS * 86_400_000.0) as i64 + 1;
+    assert_eq!(amend(t, contact, "wa-a-2", edit(), late).await, None);
+    assert_eq!(
+        message_in(store, t, contact, "a-2").await.text,
+        "e na cor azul?"
+    );
+    assert_eq!(message_in(store, t, contact, "a-2").await.amended, None);
 }
 
 async fn history_at(store: &dyn Store, t: &str, contact: &str, now: i64) -> Vec<StoredMessage> {

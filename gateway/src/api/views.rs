@@ -19,7 +19,7 @@ pub fn conversation(c: &Conversation) -> Value {
 }
 
 pub fn message(m: &StoredMessage) -> Value {
-    json!({
+    let mut view = json!({
         "id": m.id,
         "contact": m.contact,
         "direction": m.direction,
@@ -29,5 +29,10 @@ pub fn message(m: &StoredMessage) -> Value {
         "status": m.status,
         "provider_id": m.provider_id,
         "at": rfc3339(m.at),
-    })
+    });
+    // Edited or deleted by its author: `"amended":{"change":"edited"|"revoked","at"}`.
+    if let Some(a) = m.amended {
+        view["amended"] = json!({"change": a.change, "at": rfc3339(a.at)});
+    }
+    view
 }

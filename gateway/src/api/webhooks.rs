@@ -27,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use engine::TenantId;
 use engine::events::EventBody;
 use engine::message::{
-    Author, DeliveryStatus, Direction, InboxKind, IngestItem, IngestOutcome, StoredMessage,
+    Amendment, Author, DeliveryStatus, Direction, InboxKind, IngestItem, IngestOutcome,
+    StoredMessage,
 };
 use engine::tenant::ProviderConfig;
 use engine::{EngineError, MessageId};
@@ -397,6 +398,8 @@ pub async fn ingest(
     let mut deliveries = Vec::new();
     let mut ignored = 0usize;
     let mut amended = 0usize;
+    // Applied after the batch's messages are recorded: an edit may follow its message in one body.
+    let mut amendments = Vec::new();
     for event in events {
         match event {
             ProviderEvent::Message(m) => {
@@ -422,6 +425,7 @@ pub async fn ingest(
                     at: now,
                     status,
                     expires_at: now.plus_days(ttl),
+                    amended: None,
                 };
                 let inbox = if m.from_me {
                     Some(InboxKind::PhoneReply)
@@ -456,22 +460,12 @@ pub async fn ingest(
                 original_id,
                 from_me,
                 text,
-            } => {
-                // Recorded as a fact in logs and metrics; the history keeps the original text until
-                // the store can amend a message.
-                count("edited");
-                amended += 1;
-                info!(tenant = %tenant, provider, conversation_id = %contact, original_id = %original_id, from_me, chars = text.chars().count(), "message edited");
-            }
+            } => amendments.push((contact, original_id, from_me, Amendment::Edit(text))),
             ProviderEvent::Revoke {
                 contact,
                 original_id,
                 from_me,
-            } => {
-                count("revoked");
-                amended += 1;
-                info!(tenant = %tenant, provider, conversation_id = %contact, original_id = %original_id, from_me, "message revoked");
-            }
+            } => amendments.push((contact, original_id, from_me, Amendment::Revoke)),
             ProviderEvent::Problem(problem) => {
                 count(problem.as_str());
                 match &problem {
@@ -541,6 +535,39 @@ pub async fn ingest(
             }
         }
         app.engine.deliver(entries);
+    }
+    for (contact, original_id, from_me, amendment) in amendments {
+        let change = match amendment {
+            Amendment::Edit(_) => "edited",
+            Amendment::Revoke => "revoked",
+        };
+        let Some(message) = app
+            .store
+            .amend_message(tenant, &contact, &original_id, &amendment, now)
+            .await?
+        else {
+            // An edit of a message never recorded here (a group, before the tenant existed, older
+            // than the look-back) or of one already deleted.
+            count(&format!("{change}_unknown"));
+            info!(tenant = %tenant, provider, conversation_id = %contact, original_id = %original_id, from_me, change, "amendment of an unknown or deleted message ignored");
+            continue;
+        };
+        count(change);
+        amended += 1;
+        info!(tenant = %tenant, provider, conversation_id = %contact, original_id = %original_id, from_me, change, "message amended");
+        if let Some(a) = message.amended {
+            use engine::ports::EventSink;
+            app.hub.publish(
+                tenant,
+                &contact,
+                now,
+                EventBody::Amended {
+                    id: message.id.to_string(),
+                    change: a.change,
+                    text: message.text,
+                },
+            );
+        }
     }
     for (provider_id, status, error) in deliveries {
         count("delivery");

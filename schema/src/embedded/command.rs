@@ -3,14 +3,15 @@
 
 use engine::conversation::{Conversation, ConversationState};
 use engine::message::{
-    DeliveryStatus, Direction, InboxEntry, IngestItem, IngestOutcome, OutboxItem, StoredMessage,
+    AMEND_LOOKBACK_DAYS, Amendment, DeliveryStatus, Direction, InboxEntry, IngestItem,
+    IngestOutcome, OutboxItem, StoredMessage,
 };
 use engine::ports::{ConversationCommit, DeliveryUpdate, SweepReport};
 use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::error::DbResult;
-use super::row;
+use super::row::{self, MESSAGE_COLUMNS};
 
 pub(crate) fn create_tenant(conn: &Connection, id: &TenantId, body: &str) -> DbResult<()> {
     let inserted = conn
@@ -250,6 +251,54 @@ pub(crate) fn outbox_failed(conn: &Connection, seq: u64, error: &str) -> DbResul
             .execute(params![message_seq, DeliveryStatus::Failed.as_str()])?;
     }
     Ok(())
+}
+
+/// Applies an edit or deletion to the contact's message with this provider id (see
+/// `Store::amend_message`).
+pub(crate) fn amend_message(
+    conn: &Connection,
+    tenant: &TenantId,
+    contact: &ContactId,
+    provider_id: &str,
+    amendment: &Amendment,
+    now: Timestamp,
+) -> DbResult<Option<StoredMessage>> {
+    let since = now.plus_days(-AMEND_LOOKBACK_DAYS);
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT seq, {MESSAGE_COLUMNS} FROM messages
+             WHERE tenant = ?1 AND contact = ?2 AND provider_id = ?3 AND at >= ?4 AND expires_at > ?5
+             ORDER BY at DESC, seq DESC LIMIT 1"
+        ))?
+        .query_row(
+            params![tenant.as_str(), contact.as_str(), provider_id, since.0, now.0],
+            |r| {
+                let seq: i64 = r.get(0)?;
+                Ok((seq, row::message_at(r, 1)))
+            },
+        )
+        .optional()?;
+    let Some((seq, message)) = found else {
+        return Ok(None);
+    };
+    let mut message = message?;
+    if !message.amend(amendment, now) {
+        return Ok(None);
+    }
+    let amended = message
+        .amended
+        .as_ref()
+        .map(|a| (a.change.as_str(), a.at.0));
+    conn.prepare_cached(
+        "UPDATE messages SET text = ?2, amendment = ?3, amended_at = ?4 WHERE seq = ?1",
+    )?
+    .execute(params![
+        seq,
+        message.text,
+        amended.map(|a| a.0),
+        amended.map(|a| a.1)
+    ])?;
+    Ok(Some(message))
 }
 
 /// Moves the outbound message with this provider id forward, if `status` is newer.

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::error::{DbError, DbResult};
 
 /// Every migration, oldest first. Index `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_AMENDMENTS];
 
 /// Version 1: every table of the store.
 ///
@@ -108,6 +108,15 @@ CREATE TABLE outbox (
 ) STRICT;
 CREATE INDEX outbox_by_done ON outbox (done);
 CREATE INDEX outbox_by_contact ON outbox (tenant, contact);
+";
+
+/// Version 2: edits and deletions by a message's author (`amendment` is `edited` or `revoked`),
+/// and the look-up they need: a contact's message by the provider's id, either direction.
+const V2_AMENDMENTS: &str = r"
+ALTER TABLE messages ADD COLUMN amendment TEXT;
+ALTER TABLE messages ADD COLUMN amended_at INTEGER;
+CREATE INDEX messages_by_contact_provider_id ON messages (tenant, contact, provider_id, at)
+    WHERE provider_id IS NOT NULL;
 ";
 
 /// Brings the database to the newest schema, each migration in its own transaction.

@@ -3,15 +3,16 @@
 //! `Internal` error, never a panic.
 
 use engine::conversation::{Conversation, ConversationState, Reason};
-use engine::message::{Author, DeliveryStatus, Direction, MessageKind, OutboxItem, StoredMessage};
+use engine::message::{
+    Amended, Author, Change, DeliveryStatus, Direction, MessageKind, OutboxItem, StoredMessage,
+};
 use engine::{ContactId, MessageId, TenantId, Timestamp};
 use rusqlite::Row;
 
 use super::error::{DbError, DbResult};
 
 /// The columns [`message`] reads, in order.
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, tenant, contact, direction, author, kind, text, provider_id, at, status, expires_at";
+pub(crate) const MESSAGE_COLUMNS: &str = "id, tenant, contact, direction, author, kind, text, provider_id, at, status, expires_at, amendment, amended_at";
 
 /// The columns [`conversation`] reads, in order.
 pub(crate) const CONVERSATION_COLUMNS: &str =
@@ -21,19 +22,35 @@ pub(crate) const CONVERSATION_COLUMNS: &str =
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, tenant, contact, message_id, text, attempts";
 
 pub(crate) fn message(row: &Row<'_>) -> DbResult<StoredMessage> {
-    let status: Option<String> = row.get(9)?;
+    message_at(row, 0)
+}
+
+/// [`message`] from [`MESSAGE_COLUMNS`] selected from column `base` on.
+pub(crate) fn message_at(row: &Row<'_>, base: usize) -> DbResult<StoredMessage> {
+    let status: Option<String> = row.get(base + 9)?;
     Ok(StoredMessage {
-        id: MessageId(row.get(0)?),
-        tenant: tenant_id(&row.get::<_, String>(1)?)?,
-        contact: contact_id(&row.get::<_, String>(2)?)?,
-        direction: parse_direction(&row.get::<_, String>(3)?)?,
-        author: parse_author(&row.get::<_, String>(4)?)?,
-        kind: parse_kind(&row.get::<_, String>(5)?)?,
-        text: row.get(6)?,
-        provider_id: row.get(7)?,
-        at: Timestamp(row.get(8)?),
+        id: MessageId(row.get(base)?),
+        tenant: tenant_id(&row.get::<_, String>(base + 1)?)?,
+        contact: contact_id(&row.get::<_, String>(base + 2)?)?,
+        direction: parse_direction(&row.get::<_, String>(base + 3)?)?,
+        author: parse_author(&row.get::<_, String>(base + 4)?)?,
+        kind: parse_kind(&row.get::<_, String>(base + 5)?)?,
+        text: row.get(base + 6)?,
+        provider_id: row.get(base + 7)?,
+        at: Timestamp(row.get(base + 8)?),
         status: status.as_deref().map(parse_status).transpose()?,
-        expires_at: Timestamp(row.get(10)?),
+        expires_at: Timestamp(row.get(base + 10)?),
+        amended: match (
+            row.get::<_, Option<String>>(base + 11)?,
+            row.get::<_, Option<i64>>(base + 12)?,
+        ) {
+            (Some(change), Some(at)) => Some(Amended {
+                change: Change::parse(&change)
+                    .ok_or_else(|| DbError::corrupt("message amendment", &change))?,
+                at: Timestamp(at),
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -3,7 +3,9 @@
 //! panic.
 
 use engine::conversation::{Conversation, ConversationState, Reason};
-use engine::message::{Author, DeliveryStatus, Direction, MessageKind, StoredMessage};
+use engine::message::{
+    Amended, Author, Change, DeliveryStatus, Direction, MessageKind, StoredMessage,
+};
 use engine::tenant::Tenant;
 use engine::{ContactId, EngineError, MessageId, TenantId, Timestamp};
 
@@ -33,6 +35,8 @@ pub(crate) type MessageRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<i64>,
     Option<String>,
     Option<i64>,
 );
@@ -82,7 +86,20 @@ pub(crate) fn message(
     contact: &ContactId,
     row: MessageRow,
 ) -> StoreResult<StoredMessage> {
-    let (at, _seq, id, direction, author, kind, text, provider_id, status, expires_at) = row;
+    let (
+        at,
+        _seq,
+        id,
+        direction,
+        author,
+        kind,
+        text,
+        provider_id,
+        status,
+        expires_at,
+        amendment,
+        amended_at,
+    ) = row;
     let direction = direction.unwrap_or_default();
     let author = author.unwrap_or_default();
     let kind = kind.unwrap_or_default();
@@ -98,6 +115,13 @@ pub(crate) fn message(
         at: Timestamp(at),
         status: status.as_deref().map(parse_status).transpose()?,
         expires_at: Timestamp(expires_at.unwrap_or(i64::MAX)),
+        amended: match (amendment, amended_at) {
+            (Some(change), Some(at)) => Some(Amended {
+                change: Change::parse(&change).ok_or_else(|| bad("amendment", &change))?,
+                at: Timestamp(at),
+            }),
+            _ => None,
+        },
     })
 }
 

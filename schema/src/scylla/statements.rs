@@ -94,8 +94,10 @@ statements! {
 
     // history
     message_insert: false => "INSERT INTO messages (tenant, contact, at, seq, id, direction, author, kind, text, provider_id, status, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
-    message_page: false => "SELECT at, seq, id, direction, author, kind, text, provider_id, status, expires_at FROM messages WHERE tenant = ? AND contact = ?",
-    message_page_before: false => "SELECT at, seq, id, direction, author, kind, text, provider_id, status, expires_at FROM messages WHERE tenant = ? AND contact = ? AND at < ?",
+    message_page: false => "SELECT at, seq, id, direction, author, kind, text, provider_id, status, expires_at, amendment, amended_at FROM messages WHERE tenant = ? AND contact = ?",
+    message_page_before: false => "SELECT at, seq, id, direction, author, kind, text, provider_id, status, expires_at, amendment, amended_at FROM messages WHERE tenant = ? AND contact = ? AND at < ?",
+    message_page_since: false => "SELECT at, seq, id, direction, author, kind, text, provider_id, status, expires_at, amendment, amended_at FROM messages WHERE tenant = ? AND contact = ? AND at >= ?",
+    message_amend: false => "UPDATE messages USING TTL ? SET text = ?, amendment = ?, amended_at = ? WHERE tenant = ? AND contact = ? AND at = ? AND seq = ?",
     message_get: false => "SELECT id, direction, author, status, expires_at, TTL(text) FROM messages WHERE tenant = ? AND contact = ? AND at = ? AND seq = ?",
     message_set_status: false => "UPDATE messages USING TTL ? SET status = ? WHERE tenant = ? AND contact = ? AND at = ? AND seq = ?",
     message_set_sent: false => "UPDATE messages USING TTL ? SET provider_id = ?, status = ? WHERE tenant = ? AND contact = ? AND at = ? AND seq = ?",

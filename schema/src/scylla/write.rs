@@ -32,12 +32,13 @@ use std::time::Duration;
 
 use engine::conversation::Conversation;
 use engine::message::{
-    DeliveryStatus, Direction, InboxEntry, IngestItem, IngestOutcome, OutboxItem, StoredMessage,
+    AMEND_LOOKBACK_DAYS, Amendment, DeliveryStatus, Direction, InboxEntry, IngestItem,
+    IngestOutcome, OutboxItem, StoredMessage,
 };
 use engine::ports::{ConversationCommit, DeliveryUpdate, Knowledge, StoreResult};
 use engine::{ContactId, EngineError, TenantId, Timestamp};
-use futures_util::FutureExt;
 use futures_util::future::try_join_all;
+use futures_util::{FutureExt, TryStreamExt};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
@@ -758,6 +759,63 @@ pub(crate) async fn record_delivery(
         message_id: engine::MessageId(message.id),
         status,
     }))
+}
+
+/// Finds the contact's message with this provider id in the look-back slice of its partition
+/// (newest first) and rewrites its text and amendment, keeping the row's expiry.
+pub(crate) async fn amend_message(
+    db: &Db,
+    tenant: &TenantId,
+    contact: &engine::ContactId,
+    provider_id: &str,
+    amendment: &Amendment,
+    now: Timestamp,
+) -> StoreResult<Option<StoredMessage>> {
+    let (t, c) = (tenant.as_str(), contact.as_str());
+    let since = now.plus_days(-AMEND_LOOKBACK_DAYS);
+    let mut statement = db.st.message_page_since.clone();
+    statement.set_page_size(200);
+    let mut rows = db
+        .session
+        .execute_iter(statement, (t, c, since.as_millis()))
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("scylla (messages): {e}")))?
+        .rows_stream::<rows::MessageRow>()
+        .map_err(|e| EngineError::Unavailable(format!("scylla (messages): {e}")))?;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("scylla (messages): {e}")))?
+    {
+        let (at, seq) = (row.0, row.1);
+        let mut message = rows::message(tenant, contact, row)?;
+        if message.provider_id.as_deref() != Some(provider_id) || message.expires_at <= now {
+            continue;
+        }
+        if !message.amend(amendment, now) {
+            return Ok(None);
+        }
+        let ttl = history_ttl(message.expires_at, now, grace(db));
+        let amended = message
+            .amended
+            .map(|a| (a.change.as_str(), a.at.as_millis()));
+        db.exec(
+            &db.st.message_amend,
+            (
+                ttl,
+                message.text.as_str(),
+                amended.map(|a| a.0),
+                amended.map(|a| a.1),
+                t,
+                c,
+                at,
+                seq,
+            ),
+        )
+        .await?;
+        return Ok(Some(message));
+    }
+    Ok(None)
 }
 
 /// What the writes need to know of a history row.
