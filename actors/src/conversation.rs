@@ -186,7 +186,11 @@ impl Actor for ConversationActor {
                     self.deps.clock.now(),
                 )
             });
-        let sender = outbox::spawn_sender(self.deps.clone(), span.clone());
+        let sender = outbox::spawn_sender(
+            self.deps.clone(),
+            span.clone(),
+            outbox::Owner::Supervisor(self.supervisor.clone()),
+        );
         self.deps.metrics.live_conversations.inc();
         Ok(ConversationState {
             tenant: args.tenant,

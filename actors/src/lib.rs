@@ -122,7 +122,7 @@ pub async fn start(deps: Deps) -> Result<Engine, StartError> {
     };
     let cancel = CancellationToken::new();
 
-    outbox::resend_pending(&deps).await;
+    outbox::resend_pending(&deps, &handle).await;
     match deps.store.pending_inbox().await {
         Ok(entries) => {
             if !entries.is_empty() {

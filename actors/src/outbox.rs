@@ -14,6 +14,31 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, error, info, warn};
 
 use crate::Deps;
+use crate::conversation::Command;
+use crate::handle::EngineHandle;
+use crate::tenant::TenantMsg;
+
+/// Who hears of a send the provider refused because only a person can go on: the tenant
+/// supervisor of a live conversation, or the engine for answers resent at start.
+#[derive(Debug, Clone)]
+pub(crate) enum Owner {
+    Supervisor(ractor::ActorRef<TenantMsg>),
+    Engine(EngineHandle),
+}
+
+impl Owner {
+    fn flag_for_human(&self, tenant: &TenantId, contact: &ContactId, reason: engine::Reason) {
+        match self {
+            Self::Supervisor(supervisor) => {
+                let _ = supervisor.cast(TenantMsg::Route {
+                    contact: contact.clone(),
+                    command: Command::FlagForHuman(reason),
+                });
+            }
+            Self::Engine(handle) => handle.flag_for_human(tenant, contact, reason),
+        }
+    }
+}
 
 /// Spawns the sender of one conversation. It ends when every handle to it is dropped and its queue
 /// is empty.
@@ -22,13 +47,14 @@ use crate::Deps;
 pub(crate) fn spawn_sender(
     deps: Deps,
     span: tracing::Span,
+    owner: Owner,
 ) -> mpsc::UnboundedSender<Box<OutboxItem>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Box<OutboxItem>>();
     tokio::spawn(
         async move {
             while let Some(item) = rx.recv().await {
                 // Boxed so the idle task holds a pointer, not room for a whole send.
-                Box::pin(send_one(&deps, *item)).await;
+                Box::pin(send_one(&deps, *item, &owner)).await;
             }
         }
         .instrument(span),
@@ -37,7 +63,7 @@ pub(crate) fn spawn_sender(
 }
 
 /// Sends entries left in the outbox by a previous run, in order per conversation.
-pub(crate) async fn resend_pending(deps: &Deps) -> usize {
+pub(crate) async fn resend_pending(deps: &Deps, handle: &EngineHandle) -> usize {
     let pending = match deps.store.pending_outbox().await {
         Ok(p) => p,
         Err(e) => {
@@ -55,7 +81,7 @@ pub(crate) async fn resend_pending(deps: &Deps) -> usize {
     }
     for ((tenant, contact), items) in by_conversation {
         let span = tracing::info_span!("outbox_recovery", %tenant, conversation = %contact);
-        let tx = spawn_sender(deps.clone(), span);
+        let tx = spawn_sender(deps.clone(), span, Owner::Engine(handle.clone()));
         for item in items {
             let _ = tx.send(Box::new(item));
         }
@@ -66,7 +92,7 @@ pub(crate) async fn resend_pending(deps: &Deps) -> usize {
     count
 }
 
-async fn send_one(deps: &Deps, item: OutboxItem) {
+async fn send_one(deps: &Deps, item: OutboxItem, owner: &Owner) {
     let Some(rt) = deps.directory.get(&item.tenant) else {
         warn!(seq = item.seq, "tenant gone; outbox entry abandoned");
         let _ = deps
@@ -158,6 +184,10 @@ async fn send_one(deps: &Deps, item: OutboxItem) {
                     .with_label_values(&[kind, "failed"])
                     .inc();
                 error!(error = %e, status = ?e.status, attempt, "send failed for good");
+                if let Some(reason) = e.handoff {
+                    // WhatsApp's 24-hour window closed: only a person (or a template) can go on.
+                    owner.flag_for_human(&item.tenant, &item.contact, reason);
+                }
                 let now = deps.clock.now();
                 if let Err(se) = deps.store.outbox_failed(item.seq, &e.message, now).await {
                     error!(error = %se, "failure not recorded");

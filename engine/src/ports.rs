@@ -200,6 +200,9 @@ pub struct SendError {
     /// The HTTP status, when there was one.
     pub status: Option<u16>,
     pub message: String,
+    /// Set when the provider refused because only a person can go on (WhatsApp's 24-hour window
+    /// closed): the conversation is handed to a human for this reason.
+    pub handoff: Option<crate::conversation::Reason>,
 }
 
 /// Sends through one tenant's WhatsApp provider.

@@ -610,6 +610,7 @@ impl Provider for RecordingProvider {
                     retryable: true,
                     status: Some(503),
                     message: "scripted failure".into(),
+                    handoff: None,
                 });
             }
         }

@@ -775,3 +775,47 @@ async fn long_answers_are_split_below_meta_s_limit() {
         text.split_whitespace().count()
     );
 }
+
+#[tokio::test]
+async fn a_send_refused_outside_the_window_hands_the_conversation_to_a_human() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, graph) = FakeGraph::start().await;
+    let conversa = Conversa::start(dir.path()).await;
+    let tenant = "loja-meta-window";
+    let key = conversa.tenant(tenant, &graph).await;
+    // The send itself is refused with 131047 (not a later status): never retried, and only a
+    // person (or a template) can go on.
+    fake.fail_next(
+        400,
+        json!({ "error": { "message": "(#131047) Re-engagement message", "code": 131047,
+                           "type": "OAuthException", "fbtrace_id": "Az1" } }),
+    );
+    let (status, _) = conversa.signed(tenant, fixture("messages.text.json")).await;
+    assert_eq!(status, 200);
+    let mut handed_off = Value::Null;
+    for _ in 0..200 {
+        handed_off = conversa
+            .get(&key, &format!("/api/v1/conversations/{MARIA}"))
+            .await;
+        if handed_off["state"] == "AGUARDANDO_HUMANO" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        (handed_off["state"].as_str(), handed_off["reason"].as_str()),
+        (Some("AGUARDANDO_HUMANO"), Some("outside_window")),
+        "{handed_off}"
+    );
+    let history = conversa
+        .get(&key, &format!("/api/v1/conversations/{MARIA}/messages"))
+        .await;
+    assert_eq!(history[0]["status"], "failed", "{history}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.texts_to(MARIA).len(),
+        1,
+        "one attempt: the refused send is not retried, and nothing else is sent"
+    );
+    conversa.stop().await;
+}

@@ -117,6 +117,7 @@ impl EvolutionClient {
             retryable: false,
             status: None,
             message: format!("evolution client misconfigured: {problem}"),
+            handoff: None,
         })
     }
 
@@ -165,6 +166,7 @@ impl EvolutionClient {
                 retryable: status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
                 status: Some(status.as_u16()),
                 message,
+                handoff: None,
             },
             retry_after,
         })
@@ -268,6 +270,7 @@ fn transport_failure(operation: &str, error: &reqwest::Error) -> Failure {
             retryable,
             status: None,
             message: format!("evolution {operation}: {what}"),
+            handoff: None,
         },
         retry_after: None,
     }

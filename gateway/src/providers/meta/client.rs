@@ -124,6 +124,7 @@ impl MetaClient {
             retryable: false,
             status: None,
             message: format!("meta client misconfigured: {problem}"),
+            handoff: None,
         })
     }
 
@@ -170,6 +171,8 @@ impl MetaClient {
                 retryable: class.retryable(),
                 status: Some(status),
                 message,
+                handoff: (class == ErrorClass::OutsideWindow)
+                    .then_some(engine::Reason::OutsideWindow),
             },
             retry_after: reply.retry_after,
             // Meta's own rate limits (130429, 131056, …) need seconds, not the short in-client

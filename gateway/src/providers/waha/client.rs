@@ -110,6 +110,7 @@ impl WahaClient {
             retryable: false,
             status: None,
             message: format!("waha client misconfigured: {problem}"),
+            handoff: None,
         })
     }
 
@@ -179,6 +180,7 @@ impl WahaClient {
                     || status.is_server_error(),
                 status: Some(status.as_u16()),
                 message,
+                handoff: None,
             },
             retry_after: reply.retry_after,
             defer: false,
