@@ -36,14 +36,20 @@ impl TenantId {
     }
 }
 
-/// A contact: the phone number as digits only, E.164 without `+` (`5511999999999`).
+/// A contact: the phone number as digits only, E.164 without `+` (`5511999999999`), or, for a
+/// person WhatsApp addresses by a hidden id and whose number the provider does not tell, that id
+/// (`123456789012345@lid`; replies go back to the same id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ContactId(String);
 
 impl ContactId {
-    /// Parses a phone number typed by a person or an API client: `+55 (11) 99999-9999` → `5511999999999`.
+    /// Parses a phone number typed by a person or an API client: `+55 (11) 99999-9999` → `5511999999999`;
+    /// or a hidden id, `123456789012345@lid`.
     pub fn parse(s: &str) -> Result<Self, EngineError> {
+        if let Some(user) = s.strip_suffix("@lid") {
+            return Self::hidden(user);
+        }
         let digits: String = s
             .chars()
             .filter(|c| !matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'))
@@ -68,6 +74,10 @@ impl ContactId {
         };
         match server {
             None | Some("s.whatsapp.net") | Some("c.us") => {}
+            Some("lid") => {
+                let user = user.split_once(':').map_or(user, |(u, _device)| u);
+                return Self::hidden(user);
+            }
             Some(_) => {
                 return Err(EngineError::invalid(
                     "contact",
@@ -77,6 +87,23 @@ impl ContactId {
         }
         let user = user.split_once(':').map_or(user, |(u, _device)| u);
         Self::parse(user)
+    }
+
+    /// A hidden (`@lid`) id: 5 to 20 digits.
+    fn hidden(user: &str) -> Result<Self, EngineError> {
+        if (5..=20).contains(&user.len()) && user.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(format!("{user}@lid")))
+        } else {
+            Err(EngineError::invalid(
+                "contact",
+                "a hidden WhatsApp id is 5 to 20 digits followed by '@lid'",
+            ))
+        }
+    }
+
+    /// Whether this contact is a hidden (`@lid`) id rather than a phone number.
+    pub fn is_hidden(&self) -> bool {
+        self.0.ends_with("@lid")
     }
 
     pub fn as_str(&self) -> &str {
@@ -180,7 +207,9 @@ mod tests {
         jid("120363025246125486@g.us", None);
         jid("status@broadcast", None);
         jid("120363111111111111@newsletter", None);
-        jid("123456789012345@lid", None);
+        jid("123456789012345@lid", Some("123456789012345@lid"));
+        jid("123456789012345:3@lid", Some("123456789012345@lid"));
+        jid("12a@lid", None);
         jid("abc@s.whatsapp.net", None);
         jid("", None);
     }
@@ -192,6 +221,10 @@ mod tests {
             "5511999999999"
         );
         assert!(ContactId::parse("1234").is_err());
+        let hidden = ContactId::parse("123456789012345@lid").unwrap();
+        assert!(hidden.is_hidden());
+        assert!(!ContactId::parse("5511999999999").unwrap().is_hidden());
+        assert!(ContactId::parse("@lid").is_err());
         assert!(ContactId::parse("5511a99999999").is_err());
     }
 }

@@ -81,6 +81,8 @@
   // ---------------------------------------------------------------- formatting
 
   function formatContact(digits) {
+    // A person WhatsApp shows only by a hidden id (no phone number).
+    if (digits.endsWith('@lid')) return `Contato oculto ${digits.slice(0, -4)}`;
     if (/^55\d{10,11}$/.test(digits)) {
       const ddd = digits.slice(2, 4);
       const rest = digits.slice(4);

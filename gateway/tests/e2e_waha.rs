@@ -769,3 +769,39 @@ async fn the_client_gives_up_on_an_unreachable_server_with_a_retryable_error() {
     assert!(error.retryable, "{error}");
     assert_eq!(error.status, None);
 }
+
+#[tokio::test]
+async fn a_person_known_only_by_a_hidden_id_is_answered_on_that_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, waha) = FakeWaha::start().await;
+    let conversa = Conversa::start(dir.path()).await;
+    let key = conversa
+        .tenant("loja-waha-lid", &waha, json!({ "webhook_token": TOKEN }))
+        .await;
+    const HIDDEN: &str = "123456789012345@lid";
+    let mut body = fresh("message.text.noweb.json");
+    body["payload"]["id"] = json!(format!("false_{HIDDEN}_LID1"));
+    body["payload"]["from"] = json!(HIDDEN);
+    body["payload"]["_data"] = json!({ "key": { "remoteJid": HIDDEN, "id": "LID1" } });
+    let (status, response) = conversa
+        .post(
+            "loja-waha-lid",
+            serde_json::to_vec(&body).unwrap(),
+            &[("apikey", TOKEN.to_owned())],
+        )
+        .await;
+    assert_eq!(
+        (status, &response["recorded"]),
+        (200, &json!(1)),
+        "{response}"
+    );
+    eventually("the answer to the hidden id", || {
+        !fake.texts_to(HIDDEN).is_empty()
+    })
+    .await;
+    let conversation = conversa
+        .get(&key, &format!("/api/v1/conversations/{HIDDEN}"))
+        .await;
+    assert_eq!(conversation["contact"], HIDDEN, "{conversation}");
+    conversa.stop().await;
+}

@@ -301,9 +301,12 @@ fn chat_contact(remote_jid: &str, remote_jid_alt: Option<&str>) -> Result<Contac
     } else if remote_jid.ends_with("@newsletter") {
         Err(IgnoreReason::Newsletter)
     } else if remote_jid.ends_with("@lid") {
-        // A hidden id; Baileys 7 puts the phone JID beside it when it knows it.
+        // A hidden id; Baileys 7 puts the phone JID beside it when it knows it. Without one, the
+        // person is the hidden id itself (Evolution sends to a full `…@lid` JID).
         remote_jid_alt
             .and_then(|alt| ContactId::from_jid(alt).ok())
+            .filter(|alt| !alt.is_hidden())
+            .or_else(|| ContactId::from_jid(remote_jid).ok())
             .ok_or(IgnoreReason::UnknownChat)
     } else {
         ContactId::from_jid(remote_jid).map_err(|_| IgnoreReason::UnknownChat)
@@ -985,19 +988,23 @@ mod tests {
             })),
             maria
         );
+        let hidden = Ok((
+            "123456789012345@lid".to_owned(),
+            "123456789012345@lid/C1".to_owned(),
+        ));
         assert_eq!(
             chat(json!({ "remoteJid": "123456789012345@lid", "id": "C1" })),
-            Err(IgnoreReason::UnknownChat)
+            hidden
         );
         assert_eq!(
             chat(
                 json!({ "remoteJid": "123456789012345@lid", "remoteJidAlt": "987654321098765@lid", "id": "C1" })
             ),
-            Err(IgnoreReason::UnknownChat)
+            hidden
         );
         assert_eq!(
             chat(json!({ "remoteJid": "123456789012345@lid", "remoteJidAlt": null, "id": "C1" })),
-            Err(IgnoreReason::UnknownChat)
+            hidden
         );
         assert_eq!(
             chat(json!({ "remoteJid": "120363025246125486@g.us", "id": "C1" })),

@@ -285,6 +285,10 @@ impl Provider for WahaClient {
 
 /// WAHA's chat id of a person: `<digits>@c.us` (never `@s.whatsapp.net`).
 fn chat_id(to: &ContactId) -> String {
+    if to.is_hidden() {
+        // A person addressed by a hidden id: the chat id is that id.
+        return to.as_str().to_owned();
+    }
     format!("{}@c.us", to.as_str())
 }
 

@@ -180,7 +180,10 @@ fn chat_of(
     }
     if chat.ends_with("@lid") {
         // A hidden id; NOWEB's raw Baileys key carries the phone JID beside it when it knows it.
-        return lid_phone(payload).ok_or(Some(IgnoreReason::UnknownChat));
+        // Without one, the person is the hidden id itself (replies go to the same chat id).
+        return lid_phone(payload)
+            .or_else(|| ContactId::from_jid(chat).ok())
+            .ok_or(Some(IgnoreReason::UnknownChat));
     }
     chat_contact(chat).map_err(Some)
 }
@@ -192,7 +195,7 @@ fn lid_phone(payload: &Value) -> Option<ContactId> {
     ["remoteJidAlt", "senderPn"]
         .iter()
         .filter_map(|field| str_field(key, field))
-        .find_map(|jid| chat_contact(jid).ok())
+        .find_map(|jid| chat_contact(jid).ok().filter(|c| !c.is_hidden()))
 }
 
 /// The event for a payload whose chat is not a person (or missing).
@@ -868,10 +871,12 @@ mod tests {
             chat("120363111111111111@newsletter"),
             ProviderEvent::Ignored(IgnoreReason::Newsletter)
         );
-        assert_eq!(
-            chat("123456789012345@lid"),
-            ProviderEvent::Ignored(IgnoreReason::UnknownChat)
-        );
+        match chat("123456789012345@lid") {
+            ProviderEvent::Message(inbound) => {
+                assert_eq!(inbound.contact.as_str(), "123456789012345@lid")
+            }
+            other => panic!("a hidden id without a phone is a person: {other:?}"),
+        }
         let with_alt = |alt: Value| {
             one(
                 "message",
@@ -886,14 +891,14 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(
-            with_alt(json!("987@lid")),
-            ProviderEvent::Ignored(IgnoreReason::UnknownChat)
-        );
-        assert_eq!(
-            with_alt(json!(null)),
-            ProviderEvent::Ignored(IgnoreReason::UnknownChat)
-        );
+        for alt in [json!("987@lid"), json!(null)] {
+            match with_alt(alt) {
+                ProviderEvent::Message(inbound) => {
+                    assert_eq!(inbound.contact.as_str(), "123456789012345@lid")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
         assert_eq!(
             chat("abc@c.us"),
             ProviderEvent::Ignored(IgnoreReason::UnknownChat)
