@@ -105,22 +105,17 @@ pub struct OpenAiEmbedder {
 
 impl OpenAiEmbedder {
     pub fn new(settings: EmbeddingsSettings, metrics: EmbeddingsMetrics) -> Self {
-        let config = OpenAIConfig::new()
-            .with_api_base(settings.base_url.trim_end_matches('/'))
-            .with_api_key(&settings.api_key);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(settings.timeout)
-            .user_agent(concat!("conversa/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("building an HTTP client with rustls should not fail");
         let breaker = crate::breaker::Breaker::new(
             settings.breaker_failures,
             settings.breaker_cooldown,
             metrics.breaker_open.clone(),
         );
         Self {
-            client: Client::with_config(config).with_http_client(http),
+            client: crate::llm::openai_client(
+                &settings.base_url,
+                &settings.api_key,
+                settings.timeout,
+            ),
             settings,
             metrics,
             breaker,

@@ -113,22 +113,13 @@ pub struct OpenAiLlm {
 
 impl OpenAiLlm {
     pub fn new(settings: LlmSettings, metrics: LlmMetrics) -> Self {
-        let config = OpenAIConfig::new()
-            .with_api_base(settings.base_url.trim_end_matches('/'))
-            .with_api_key(&settings.api_key);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(settings.timeout)
-            .user_agent(concat!("conversa/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("building an HTTP client with rustls should not fail");
         let breaker = crate::breaker::Breaker::new(
             settings.breaker_failures,
             settings.breaker_cooldown,
             metrics.breaker_open.clone(),
         );
         Self {
-            client: Client::with_config(config).with_http_client(http),
+            client: openai_client(&settings.base_url, &settings.api_key, settings.timeout),
             settings,
             metrics,
             breaker,
@@ -216,6 +207,25 @@ impl OpenAiLlm {
             completion_tokens,
         })
     }
+}
+
+/// An async-openai client for an OpenAI-compatible endpoint, each HTTP attempt bounded by
+/// `timeout` (async-openai sets none).
+pub(crate) fn openai_client(
+    base_url: &str,
+    api_key: &str,
+    timeout: Duration,
+) -> Client<OpenAIConfig> {
+    let config = OpenAIConfig::new()
+        .with_api_base(base_url.trim_end_matches('/'))
+        .with_api_key(api_key);
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .user_agent(concat!("conversa/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("building an HTTP client with rustls should not fail");
+    Client::with_config(config).with_http_client(http)
 }
 
 /// The wait before retry number `attempt` (1-based): `base` doubling, with jitter.
