@@ -8,7 +8,8 @@
 //!
 //! Run `cargo test -p gateway --test embeddings -- --nocapture` to see the numbers; set
 //! `CONVERSA_CALIBRATION_SWEEP=1` to sweep the calibration's floor, ceiling and weight, and
-//! `CONVERSA_TEST_EMBEDDINGS_MODEL` (with `_BASE_URL`, `_API_KEY`) to measure another endpoint.
+//! `CONVERSA_TEST_EMBEDDINGS_MODEL` (with `_BASE_URL`, `_API_KEY`) to measure another endpoint,
+//! and `CONVERSA_TEST_EMBEDDINGS_CALIBRATION=floor,ceiling,weight` to print other numbers.
 
 #[path = "support/llm_harness.rs"]
 mod harness;
@@ -184,7 +185,21 @@ async fn calibration_holds_with_embeddings_from_an_openai_compatible_server() {
         (lexical, hybrid)
     };
 
-    let calibration = DenseCalibration::default();
+    // `CONVERSA_TEST_EMBEDDINGS_CALIBRATION=floor,ceiling,weight` measures other numbers.
+    let calibration = match std::env::var("CONVERSA_TEST_EMBEDDINGS_CALIBRATION") {
+        Ok(numbers) => {
+            let n: Vec<f32> = numbers
+                .split(',')
+                .map(|x| x.trim().parse().unwrap())
+                .collect();
+            DenseCalibration {
+                floor: n[0],
+                ceiling: n[1],
+                weight: n[2],
+            }
+        }
+        Err(_) => DenseCalibration::default(),
+    };
     println!("\ncalibration {calibration:?}, threshold {THRESHOLD}:");
     for name in indexes.keys() {
         let (lexical, hybrid) = run(calibration, Some(name));

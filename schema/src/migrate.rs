@@ -207,7 +207,11 @@ pub async fn migrate(
     replication_json: &str,
 ) -> Result<MigrateReport, MigrateError> {
     check_keyspace(keyspace)?;
-    let replication = replication_cql(replication_json)?;
+    let replication = format!(
+        "{}{}",
+        replication_cql(replication_json)?,
+        keyspace_options(session).await
+    );
     check_numbering(MIGRATIONS).map_err(MigrateError::Config)?;
 
     // The keyspace (file 0001) must exist before the ledger can. Its statement is idempotent; it
@@ -328,6 +332,26 @@ async fn run_ddl(session: &Session, ddl: &str, file: &str) -> Result<(), Migrate
             message: e.to_string(),
         })?;
     Ok(())
+}
+
+/// Options the keyspace is created with beyond its replication. On a ScyllaDB that knows tablets
+/// (6.0 and later: it has `system_schema.scylla_keyspaces`), tablets are turned off for
+/// Conversa's keyspace: from 6.0 to 2025.3 lightweight transactions, which the dedupe gate, the
+/// conversation records and the migration lock rely on, are refused on tablet tables, and a
+/// NetworkTopologyStrategy keyspace gets tablets by default. Cassandra (which refuses the option)
+/// and older ScyllaDB get none. A cluster in `enforced` tablets mode needs ScyllaDB 2025.4 or later
+/// and a keyspace created by hand.
+async fn keyspace_options(session: &Session) -> &'static str {
+    match session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.scylla_keyspaces LIMIT 1",
+            (),
+        )
+        .await
+    {
+        Ok(_) => " AND tablets = {'enabled': false}",
+        Err(_) => "",
+    }
 }
 
 async fn keyspace_exists(session: &Session, keyspace: &str) -> Result<bool, MigrateError> {

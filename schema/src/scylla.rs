@@ -110,17 +110,16 @@ impl ScyllaSettings {
     }
 }
 
-/// Parses a consistency level as CQL spells it (`LOCAL_QUORUM`, `QUORUM`, `ONE`, …).
+/// Parses a consistency level as CQL spells it (`LOCAL_QUORUM`, `QUORUM`, `ONE`, …). `ANY` and
+/// `EACH_QUORUM` are refused: the one level serves reads too, and servers refuse reads at them.
 pub fn parse_consistency(value: &str) -> Option<Consistency> {
     Some(match value.to_ascii_uppercase().as_str() {
-        "ANY" => Consistency::Any,
         "ONE" => Consistency::One,
         "TWO" => Consistency::Two,
         "THREE" => Consistency::Three,
         "QUORUM" => Consistency::Quorum,
         "ALL" => Consistency::All,
         "LOCAL_QUORUM" => Consistency::LocalQuorum,
-        "EACH_QUORUM" => Consistency::EachQuorum,
         "LOCAL_ONE" => Consistency::LocalOne,
         _ => return None,
     })

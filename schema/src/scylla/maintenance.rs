@@ -110,7 +110,9 @@ pub(crate) async fn delete_tenant(db: &Db, tenant: &TenantId) -> StoreResult<boo
                 (t, record.conversation.contact.as_str()),
             )
             .await?;
-            conversation::reindex(db, Some(record), None).await
+            // The records were written by LWT (Paxos timestamps): an LWT delete removes each one
+            // whatever the client's clock; the partition delete below is a backstop.
+            conversation::delete(db, tenant, &record.conversation.contact).await
         })),
         db.settings.concurrency,
     )

@@ -280,7 +280,9 @@ pub(crate) async fn pending_inbox(db: &Db) -> StoreResult<Vec<InboxEntry>> {
     .await?;
     let mut entries = Vec::new();
     for (seq, tenant, _contact, kind, message, done) in rows {
-        let (Some(_), Some(kind), Some(message), Some(false)) = (tenant, kind, message, done)
+        // `done` is null until the entry's turn commits (the insert leaves it unset).
+        let (Some(_), Some(kind), Some(message), None | Some(false)) =
+            (tenant, kind, message, done)
         else {
             continue;
         };

@@ -111,9 +111,13 @@ statements! {
     expiry_any: false => "SELECT expires_at FROM message_expiry WHERE day = ? AND shard = ? LIMIT 1",
 
     // dedupe
-    dedupe_claim: true => "INSERT INTO dedupe (tenant, key, seq, at, seen_at, claimed_at, done) VALUES (?, ?, ?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?",
+    // The claim leaves `done` unset (null = not done): an LWT's cells carry the coordinator's
+    // Paxos timestamp, so a plain `done = true` written after it could lose to a `done = false`
+    // written by the claim when the client's clock lags the coordinator's.
+    dedupe_claim: true => "INSERT INTO dedupe (tenant, key, seq, at, seen_at, claimed_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
     dedupe_done: false => "UPDATE dedupe USING TTL ? SET done = true WHERE tenant = ? AND key = ?",
-    dedupe_release: false => "UPDATE dedupe USING TTL ? SET claimed_at = 0 WHERE tenant = ? AND key = ?",
+    // An LWT like the claim whose `claimed_at` it overwrites (see above).
+    dedupe_release: true => "UPDATE dedupe USING TTL ? SET claimed_at = 0 WHERE tenant = ? AND key = ? IF EXISTS",
     dedupe_get: false => "SELECT seen_at FROM dedupe WHERE tenant = ? AND key = ?",
     dedupe_delete: false => "DELETE FROM dedupe WHERE tenant = ? AND key = ?",
     dedupe_index_insert: false => "INSERT INTO dedupe_by_day (day, shard, seen_at, tenant, key) VALUES (?, ?, ?, ?, ?) USING TTL ?",
@@ -123,7 +127,9 @@ statements! {
     dedupe_index_any: false => "SELECT seen_at FROM dedupe_by_day WHERE day = ? AND shard = ? LIMIT 1",
 
     // inbox
-    inbox_insert: false => "INSERT INTO inbox (bucket, shard, seq, tenant, contact, kind, message, done) VALUES (?, ?, ?, ?, ?, ?, ?, false)",
+    // `done` stays unset (null = pending): a retried ingest rewrites the same row and must not
+    // undo a commit that already marked it done.
+    inbox_insert: false => "INSERT INTO inbox (bucket, shard, seq, tenant, contact, kind, message) VALUES (?, ?, ?, ?, ?, ?, ?)",
     inbox_done: false => "UPDATE inbox SET done = true WHERE bucket = ? AND shard = ? AND seq = ?",
     inbox_scan: false => "SELECT seq, tenant, contact, kind, message, done FROM inbox WHERE bucket = ? AND shard = ?",
     inbox_delete: false => "DELETE FROM inbox WHERE bucket = ? AND shard = ? AND seq = ?",

@@ -397,7 +397,7 @@ async fn release_claims(db: &Db, tenant: &str, items: &[IngestItem], plans: &[Pl
     for (item, plan) in items.iter().zip(plans) {
         if let Plan::Fresh { .. } | Plan::Retry { .. } = plan {
             let released = db
-                .exec(
+                .lwt(
                     &db.st.dedupe_release,
                     (ttl, tenant, item.dedupe_key.as_str()),
                 )
