@@ -434,16 +434,24 @@ impl ConversationActor {
             engine_before_llm: started.elapsed(),
         });
         let (tenant, me) = (state.tenant.clone(), myself.clone());
+        let wait = self.deps.policy.embed_wait;
         tokio::spawn(
             async move {
-                let query = match embedder.embed(&tenant, &[text]).await {
-                    Ok(mut vectors) => DenseQuery::new(
+                // Bounded: a slow endpoint (its own retries can take a minute) never holds the
+                // customer's answer for more than `embed_wait`.
+                let query = match tokio::time::timeout(wait, embedder.embed(&tenant, &[text])).await
+                {
+                    Ok(Ok(mut vectors)) => DenseQuery::new(
                         embedder.model(),
                         &vectors.pop().unwrap_or_default(),
                         embedder.calibration(),
                     ),
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         warn!(error = %e, "turn not embedded; retrieval is lexical");
+                        None
+                    }
+                    Err(_) => {
+                        warn!(?wait, "turn not embedded in time; retrieval is lexical");
                         None
                     }
                 };

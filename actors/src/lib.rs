@@ -65,6 +65,8 @@ pub struct TreePolicy {
     pub send_retry_base: Duration,
     /// How long an answer waits for the provider's "typing…" call before it is sent anyway.
     pub typing_wait: Duration,
+    /// How long a turn waits for its embedding before it is decided lexically.
+    pub embed_wait: Duration,
 }
 
 impl Default for TreePolicy {
@@ -78,6 +80,7 @@ impl Default for TreePolicy {
             send_attempts: 5,
             send_retry_base: Duration::from_secs(2),
             typing_wait: Duration::from_millis(300),
+            embed_wait: Duration::from_secs(3),
         }
     }
 }

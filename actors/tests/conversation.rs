@@ -680,7 +680,7 @@ async fn hybrid_retrieval_decides_turns_and_a_failed_embedding_falls_back_to_lex
 
 #[tokio::test(start_paused = true)]
 async fn a_message_during_the_embedding_joins_the_next_turn_and_a_takeover_silences_it() {
-    let embedder = HashingEmbedder::with_delay(Duration::from_secs(3));
+    let embedder = HashingEmbedder::with_delay(Duration::from_secs(2));
     let mut h = Harness::build(MemoryStore::new(), Some(embedder.clone())).await;
     h.customer("loja", ALICE, "vocês entregam em são paulo?")
         .await;
@@ -708,5 +708,29 @@ async fn a_message_during_the_embedding_joins_the_next_turn_and_a_takeover_silen
     assert!(
         h.sent_to(BOB).is_empty(),
         "no answer once a human took over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_embedding_endpoint_never_holds_the_answer_past_the_wait() {
+    let embedder = HashingEmbedder::with_delay(Duration::from_secs(60));
+    let mut h = Harness::build(MemoryStore::new(), Some(embedder.clone())).await;
+    h.customer("loja", ALICE, "vocês entregam em são paulo?")
+        .await;
+    // Debounce (1.5 s), the embedding wait (3 s) and the typing pause (at most 2 s): the answer,
+    // decided lexically, long before the endpoint would have answered.
+    run_for(8.0).await;
+    assert_eq!(embedder.calls(), 1);
+    let sent = h.sent_to(ALICE);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("entregas"), "{sent:?}");
+    let retrieval = &h.metrics.retrieval_seconds;
+    assert_eq!(
+        retrieval.with_label_values(&["lexical"]).get_sample_count(),
+        1
+    );
+    assert_eq!(
+        retrieval.with_label_values(&["hybrid"]).get_sample_count(),
+        0
     );
 }

@@ -156,15 +156,19 @@ pub async fn search_knowledge(
     }
     let k = limit(&q, 5, 50)?;
     let dense = match app.embedder.get() {
-        Some(embedder) => {
+        // Bounded like a turn's embedding: a slow endpoint makes the search lexical, not slow.
+        Some(embedder) => tokio::time::timeout(
+            std::time::Duration::from_secs(3),
             crate::embeddings::query(
                 embedder.as_ref(),
                 &rt.tenant.id,
                 rt.index.embedding_model(),
                 query,
-            )
-            .await
-        }
+            ),
+        )
+        .await
+        .ok()
+        .flatten(),
         None => None,
     };
     let hits = rt.index.search_with(query, dense.as_ref(), k);
