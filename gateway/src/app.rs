@@ -49,7 +49,7 @@ pub struct Inner {
     pub embedder: std::sync::OnceLock<Arc<crate::embeddings::OpenAiEmbedder>>,
     /// Held while a knowledge text is embedded and stored, so two saves (or a save and the start
     /// backfill) on this node never interleave.
-    pub knowledge_lock: Arc<tokio::sync::Mutex<()>>,
+    pub knowledge_locks: Arc<crate::embeddings::KnowledgeLocks>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,7 +88,7 @@ impl AppState {
             api_keys: RwLock::new(HashMap::new()),
             hot: std::sync::OnceLock::new(),
             embedder: std::sync::OnceLock::new(),
-            knowledge_lock: Arc::default(),
+            knowledge_locks: Arc::default(),
         }));
         state.reindex_api_keys();
         state

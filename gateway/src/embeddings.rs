@@ -253,6 +253,28 @@ impl Embedder for OpenAiEmbedder {
     }
 }
 
+/// One lock per tenant, held while its knowledge is embedded and stored, so two saves (or a save
+/// and the start backfill) of one tenant on this node never interleave, and a slow endpoint holds
+/// up only the tenant whose knowledge is being embedded.
+#[derive(Debug, Default)]
+pub struct KnowledgeLocks(
+    std::sync::Mutex<std::collections::HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl KnowledgeLocks {
+    /// Waits for the tenant's lock.
+    pub async fn lock(&self, tenant: &TenantId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+}
+
 /// What embedding a knowledge text did.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct EmbedReport {
@@ -355,7 +377,7 @@ pub async fn backfill(
     embedder: Arc<OpenAiEmbedder>,
     store: Arc<dyn Store>,
     directory: actors::TenantDirectory,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    locks: Arc<KnowledgeLocks>,
 ) {
     let tenants = match store.list_tenants().await {
         Ok(tenants) => tenants,
@@ -367,7 +389,7 @@ pub async fn backfill(
     for tenant in tenants {
         // One knowledge write at a time on this node: a save through the API is never
         // overwritten with older text.
-        let _guard = lock.lock().await;
+        let _guard = locks.lock(&tenant.id).await;
         let Ok(Some(knowledge)) = store.get_knowledge(&tenant.id).await else {
             continue;
         };

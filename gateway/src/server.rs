@@ -220,7 +220,7 @@ async fn build(config: &Config) -> anyhow::Result<(AppState, actors::Engine)> {
             embedder,
             state.store.clone(),
             state.directory.clone(),
-            state.knowledge_lock.clone(),
+            state.knowledge_locks.clone(),
         ));
     }
     Ok((state, engine))

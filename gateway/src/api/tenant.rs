@@ -113,7 +113,7 @@ pub async fn put_knowledge(
     .map_err(|e| EngineError::Internal(e.to_string()))??;
     let (text, chunks, index) = built;
     let n = chunks.len();
-    let _writing = app.knowledge_lock.lock().await;
+    let _writing = app.knowledge_locks.lock(&rt.tenant.id).await;
     let (chunks, index, embeddings) = match app.embedder.get() {
         None => (chunks, index, None),
         Some(embedder) => {
