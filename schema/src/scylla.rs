@@ -353,28 +353,41 @@ impl Db {
             .map_err(|e| unavailable(statement, e))
     }
 
-    /// Notes that `bucket` of `kind` (for `scope`) may hold rows, once per process.
+    /// Notes that `bucket` of `kind` (for `scope`) may hold rows: once per process for the current
+    /// and future buckets, at every write for past ones (another node's sweep may have removed a
+    /// past bucket this process still remembers, and a retried write can land there).
     pub(crate) async fn register_bucket(
         &self,
         kind: BucketKind,
         scope: &str,
         bucket: i64,
     ) -> StoreResult<()> {
+        let now = keys::wall_clock_ms();
+        let current = match kind {
+            BucketKind::Inbox | BucketKind::Outbox | BucketKind::Deadline => keys::hour_of(now),
+            BucketKind::Expiry | BucketKind::Dedupe | BucketKind::Activity => {
+                i64::from(keys::day_of(now))
+            }
+        };
         let key = (kind, scope.to_owned(), bucket);
-        if self
-            .registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
+        let cacheable = bucket >= current;
+        if cacheable
+            && self
+                .registered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
         {
             return Ok(());
         }
         self.exec(&self.st.bucket_insert, (kind.as_str(), scope, bucket))
             .await?;
-        self.registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
+        if cacheable {
+            self.registered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
+        }
         Ok(())
     }
 
