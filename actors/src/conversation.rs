@@ -51,6 +51,9 @@ pub enum Command {
         text: String,
         reply: RpcReplyPort<Result<StoredMessage, EngineError>>,
     },
+    /// The customer edited (or, with empty text, deleted) a message that may still wait in the
+    /// buffer: the turn answers what the customer now says.
+    Amend { message: MessageId, text: String },
     /// The operator takes the conversation over.
     Takeover {
         reply: RpcReplyPort<Result<Conversation, EngineError>>,
@@ -290,6 +293,11 @@ impl ConversationActor {
                     warn!(error = %e, %reason, "conversation not flagged for a human");
                 }
             }
+            Command::Amend { message, text } => {
+                if state.buffer.amend(|tag| tag.message == message, &text) {
+                    info!(message = %message.as_str(), deleted = text.is_empty(), "buffered message amended before its turn");
+                }
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(ConversationSnapshot {
                     conversation: state.conv.clone(),
@@ -391,6 +399,18 @@ impl ConversationActor {
         let fragments = state.buffer.take();
         let started = std::time::Instant::now();
         let text = turn_text(&fragments);
+        if text.is_empty() {
+            // Every message of the turn was deleted by the customer before it was answered.
+            self.finish_turn(
+                myself,
+                state,
+                fragments,
+                started,
+                Resolution::Silent("silent_deleted"),
+            )
+            .await;
+            return;
+        }
         let Some(rt) = self.deps.directory.get(&state.tenant) else {
             self.finish_turn(
                 myself,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use engine::conversation::Conversation;
 use engine::message::{InboxEntry, StoredMessage};
-use engine::{ContactId, EngineError, TenantId};
+use engine::{ContactId, EngineError, MessageId, TenantId};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
 
@@ -117,6 +117,16 @@ impl EngineHandle {
             tenant: tenant.clone(),
             contact: contact.clone(),
             command: Command::FlagForHuman(reason),
+        });
+    }
+
+    /// Tells a conversation that the customer edited (or, with empty text, deleted) a message,
+    /// which may still wait in its buffer.
+    pub fn amend(&self, tenant: &TenantId, contact: &ContactId, message: MessageId, text: String) {
+        let _ = self.root.cast(RootMsg::Route {
+            tenant: tenant.clone(),
+            contact: contact.clone(),
+            command: Command::Amend { message, text },
         });
     }
 

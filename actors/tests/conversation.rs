@@ -734,3 +734,40 @@ async fn a_slow_embedding_endpoint_never_holds_the_answer_past_the_wait() {
         0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_edited_or_deleted_before_its_turn_is_answered_as_it_now_reads() {
+    let mut h = Harness::new().await;
+    h.customer("loja", ALICE, "qual o horário de funcionamento?")
+        .await;
+    run_for(0.5).await;
+    // The customer corrects the question inside the debounce window: the turn answers the edit.
+    h.engine.handle.amend(
+        &tid("loja"),
+        &c(ALICE),
+        engine::MessageId("m1".into()),
+        "vocês fazem entregas em são paulo?".into(),
+    );
+    run_for(5.0).await;
+    let sent = h.sent_to(ALICE);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("entregas"), "{sent:?}");
+
+    // A message deleted before its turn is never answered, and its inbox entry is settled.
+    h.customer("loja", BOB, "qual o horário de funcionamento?")
+        .await;
+    run_for(0.5).await;
+    h.engine.handle.amend(
+        &tid("loja"),
+        &c(BOB),
+        engine::MessageId("m2".into()),
+        String::new(),
+    );
+    run_for(5.0).await;
+    assert!(h.sent_to(BOB).is_empty(), "{:?}", h.sent_to(BOB));
+    assert_eq!(
+        h.metrics.turns.with_label_values(&["silent_deleted"]).get(),
+        1
+    );
+    assert!(h.store.pending_inbox().await.unwrap().is_empty());
+}

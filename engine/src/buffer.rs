@@ -119,6 +119,20 @@ impl<T> MessageBuffer<T> {
         self.generation += 1;
     }
 
+    /// Replaces the text of the buffered fragments whose tag matches (its author edited the
+    /// message, or deleted it: `text` is then empty). Returns whether one matched. The debounce
+    /// deadline does not move.
+    pub fn amend(&mut self, matches: impl Fn(&T) -> bool, text: &str) -> bool {
+        let mut found = false;
+        for fragment in self.fragments.iter_mut().filter(|f| matches(&f.tag)) {
+            self.chars =
+                self.chars - fragment.text.chars().count().min(self.chars) + text.chars().count();
+            fragment.text = text.to_owned();
+            found = true;
+        }
+        found
+    }
+
     /// Takes the whole turn out of the buffer.
     pub fn take(&mut self) -> Vec<Fragment<T>> {
         self.chars = 0;

@@ -580,7 +580,12 @@ async fn token_tenants_groups_sessions_and_other_events() {
     let (status, body) = post(other, vec![("x-webhook-token", TOKEN.to_owned())]).await;
     assert_eq!((status, &body["ignored"]), (200, &json!(1)), "{body}");
 
-    // Edits and revocations are recorded against the original message (not answered).
+    eventually("the answer to the webjs message", || {
+        !fake.texts_to(MARIA_CHAT).is_empty()
+    })
+    .await;
+    // Edits and revocations of an answered message are recorded against it in history (not
+    // answered again; one that arrives before the turn changes the turn, see the actors' tests).
     let original = |conversa_history: &Value| -> Value {
         conversa_history
             .as_array()
@@ -627,10 +632,6 @@ async fn token_tenants_groups_sessions_and_other_events() {
     assert_eq!(message["text"], "", "{history}");
     assert_eq!(message["amended"]["change"], "revoked", "{history}");
 
-    eventually("the answer to the webjs message", || {
-        !fake.texts_to(MARIA_CHAT).is_empty()
-    })
-    .await;
     let listed = conversa.get(&key, "/api/v1/conversations").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
     assert!(fake.texts_to("120363025246125486@g.us").is_empty());

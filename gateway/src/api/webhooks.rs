@@ -555,6 +555,11 @@ pub async fn ingest(
         count(change);
         amended += 1;
         info!(tenant = %tenant, provider, conversation_id = %contact, original_id = %original_id, from_me, change, "message amended");
+        if message.direction == Direction::In && message.author == Author::Contact {
+            // It may still wait in the conversation's buffer: the turn answers the new text.
+            app.engine
+                .amend(tenant, &contact, message.id.clone(), message.text.clone());
+        }
         if let Some(a) = message.amended {
             use engine::ports::EventSink;
             app.hub.publish(
