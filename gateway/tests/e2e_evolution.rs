@@ -863,3 +863,54 @@ async fn a_killed_process_answers_after_restart_exactly_once() {
     assert_eq!(fake.texts_to(MARIA).len(), 1, "{:?}", fake.texts_to(MARIA));
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_the_customer_edits_before_its_turn_is_answered_as_it_now_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, evo) = FakeEvolution::start().await;
+    let conversa = Conversa::start(dir.path()).await;
+    conversa.tenant(evo).await;
+    // A debounce long enough that the edits below always land inside it.
+    let (status, _) = conversa
+        .admin(
+            reqwest::Method::PATCH,
+            "/api/v1/tenants/loja-centro",
+            Some(json!({"settings": {"debounce_ms": 2000, "max_buffer_ms": 4000}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let edit = |id: &str, text: &str| {
+        serde_json::to_vec(&json!({ "event": "messages.edited", "instance": "loja-centro", "data": {
+            "key": { "remoteJid": format!("{MARIA}@s.whatsapp.net"), "fromMe": false, "id": id },
+            "type": "MESSAGE_EDIT",
+            "editedMessage": { "conversation": text },
+            "timestampMs": "1749562900000"
+        }}))
+        .unwrap()
+    };
+    let (status, _) = conversa
+        .webhook(fixture("messages.upsert.text-conversation.json"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = conversa
+        .webhook(edit(
+            "A1F3C2B9E7D84F1A9C0B3D5E6F708192",
+            "Vocês fazem entregas em toda a cidade?",
+        ))
+        .await;
+    assert_eq!(
+        (status, &body["amended"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    eventually("the answer to the edited question", || {
+        !fake.texts_to(MARIA).is_empty()
+    })
+    .await;
+    let answer = fake.texts_to(MARIA)[0].clone();
+    assert!(
+        answer.contains("ntreg"),
+        "answers the edit, not the original: {answer}"
+    );
+    conversa.stop().await;
+}
