@@ -90,6 +90,32 @@ pub enum ConversationMsg {
     },
 }
 
+/// The embedding of a customer's question for hybrid retrieval, or `None` (lexical) when the
+/// endpoint fails or takes longer than `wait`: a slow endpoint (its own retries can take a
+/// minute) never holds an answer for more than `wait`.
+pub async fn embed_question(
+    embedder: &dyn engine::ports::Embedder,
+    tenant: &TenantId,
+    text: String,
+    wait: Duration,
+) -> Option<DenseQuery> {
+    match tokio::time::timeout(wait, embedder.embed(tenant, &[text])).await {
+        Ok(Ok(mut vectors)) => DenseQuery::new(
+            embedder.model(),
+            &vectors.pop().unwrap_or_default(),
+            embedder.calibration(),
+        ),
+        Ok(Err(e)) => {
+            warn!(error = %e, "question not embedded; retrieval is lexical");
+            None
+        }
+        Err(_) => {
+            warn!(?wait, "question not embedded in time; retrieval is lexical");
+            None
+        }
+    }
+}
+
 /// What the buffer keeps of each message of a turn.
 #[derive(Debug, Clone)]
 pub struct Tag {
@@ -457,24 +483,7 @@ impl ConversationActor {
         let wait = self.deps.policy.embed_wait;
         tokio::spawn(
             async move {
-                // Bounded: a slow endpoint (its own retries can take a minute) never holds the
-                // customer's answer for more than `embed_wait`.
-                let query = match tokio::time::timeout(wait, embedder.embed(&tenant, &[text])).await
-                {
-                    Ok(Ok(mut vectors)) => DenseQuery::new(
-                        embedder.model(),
-                        &vectors.pop().unwrap_or_default(),
-                        embedder.calibration(),
-                    ),
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "turn not embedded; retrieval is lexical");
-                        None
-                    }
-                    Err(_) => {
-                        warn!(?wait, "turn not embedded in time; retrieval is lexical");
-                        None
-                    }
-                };
+                let query = embed_question(embedder.as_ref(), &tenant, text, wait).await;
                 let _ = me.cast(ConversationMsg::Embedded { id, query });
             }
             .instrument(state.span.clone()),

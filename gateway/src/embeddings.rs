@@ -23,7 +23,7 @@ use engine::knowledge::{Chunk, ChunkEmbedding, DenseCalibration, DenseQuery};
 use engine::ports::{EmbedError, Embedder, Knowledge, Store};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::llm::{Attempt, backoff, classify, truncate};
+use crate::llm::{Attempt, backoff, classify};
 
 #[derive(Debug, Clone)]
 pub struct EmbeddingsSettings {
@@ -225,9 +225,9 @@ impl OpenAiEmbedder {
                 .iter()
                 .any(|v| v.len() != dimension || v.iter().any(|x| !x.is_finite()))
         {
-            return Err(Attempt::Retry(truncate(
-                "malformed response: empty, ragged or non-finite vectors",
-            )));
+            return Err(Attempt::Retry(
+                "malformed response: empty, ragged or non-finite vectors".into(),
+            ));
         }
         Ok(vectors)
     }
@@ -348,7 +348,7 @@ pub async fn embed_chunks(
 }
 
 /// The question's embedding for a hybrid search, or `None` (lexical) when the chunks have no
-/// vectors of the embedder's model or the endpoint fails.
+/// vectors of the embedder's model or the endpoint fails or takes longer than a turn would wait.
 pub async fn query(
     embedder: &dyn Embedder,
     tenant: &TenantId,
@@ -358,17 +358,8 @@ pub async fn query(
     if chunk_model != Some(embedder.model()) {
         return None;
     }
-    match embedder.embed(tenant, &[text.to_owned()]).await {
-        Ok(mut vectors) => DenseQuery::new(
-            embedder.model(),
-            &vectors.pop().unwrap_or_default(),
-            embedder.calibration(),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "question not embedded; retrieval is lexical");
-            None
-        }
-    }
+    let wait = actors::TreePolicy::default().embed_wait;
+    actors::conversation::embed_question(embedder, tenant, text.to_owned(), wait).await
 }
 
 /// Embeds, one tenant after another, the knowledge whose chunks lack vectors of the embedder's

@@ -103,19 +103,17 @@ pub async fn put_knowledge(
         )));
     }
     // Chunking and indexing are CPU work: off the async threads.
-    let built = tokio::task::spawn_blocking(move || {
+    let (text, chunks) = tokio::task::spawn_blocking(move || {
         let chunks =
             knowledge::chunk(&text).map_err(|e| EngineError::invalid("text", e.to_string()))?;
-        let index = KnowledgeIndex::build(chunks.clone());
-        Ok::<_, EngineError>((text, chunks, index))
+        Ok::<_, EngineError>((text, chunks))
     })
     .await
     .map_err(|e| EngineError::Internal(e.to_string()))??;
-    let (text, chunks, index) = built;
     let n = chunks.len();
     let _writing = app.knowledge_locks.lock(&rt.tenant.id).await;
-    let (chunks, index, embeddings) = match app.embedder.get() {
-        None => (chunks, index, None),
+    let (chunks, embeddings) = match app.embedder.get() {
+        None => (chunks, None),
         Some(embedder) => {
             let previous = app.store.get_knowledge(&rt.tenant.id).await?;
             let (chunks, report) =
@@ -123,13 +121,13 @@ pub async fn put_knowledge(
             if let Some(error) = &report.error {
                 tracing::warn!(tenant = %rt.tenant.id, %error, "knowledge saved without vectors; retrieval stays lexical");
             }
-            let with_vectors = chunks.clone();
-            let index = tokio::task::spawn_blocking(move || KnowledgeIndex::build(with_vectors))
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-            (chunks, index, Some(report))
+            (chunks, Some(report))
         }
     };
+    let indexed = chunks.clone();
+    let index = tokio::task::spawn_blocking(move || KnowledgeIndex::build(indexed))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
     let k = Knowledge {
         text,
         chunks,
@@ -155,20 +153,17 @@ pub async fn search_knowledge(
         return Err(ApiError::unprocessable("q", "must not be empty"));
     }
     let k = limit(&q, 5, 50)?;
+    // Bounded like a turn's embedding: a slow endpoint makes the search lexical, not slow.
     let dense = match app.embedder.get() {
-        // Bounded like a turn's embedding: a slow endpoint makes the search lexical, not slow.
-        Some(embedder) => tokio::time::timeout(
-            std::time::Duration::from_secs(3),
+        Some(embedder) => {
             crate::embeddings::query(
                 embedder.as_ref(),
                 &rt.tenant.id,
                 rt.index.embedding_model(),
                 query,
-            ),
-        )
-        .await
-        .ok()
-        .flatten(),
+            )
+            .await
+        }
         None => None,
     };
     let hits = rt.index.search_with(query, dense.as_ref(), k);
